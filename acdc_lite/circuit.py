@@ -1,0 +1,202 @@
+"""`Circuit`: an immutable edge set with scores and provenance, saved as versioned JSON.
+
+File layout (schema_version 1): `schema_version`, `edge_convention`, `model` (name, architecture,
+n_layers, n_heads, has_mlp, parallel_attn_mlp, fingerprint), `task`, `method` (name, params),
+`ablation`, `edges` (kept edge name -> score), `nodes`, `metrics`, `provenance` (package version,
+seed, seconds, forward_passes, backward_passes) and optionally `scores` (every edge's score, for
+rankings). Scores are signed: higher = more important to the clean behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node
+
+SCHEMA_VERSION = 1
+EDGE_CONVENTION = "eap-ig"  # edges between components; q/k/v-input -> head edges are implicit
+
+
+class CircuitError(ValueError):
+    """A circuit file or circuit that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    has_mlp: bool
+    parallel_attn_mlp: bool
+    fingerprint: str
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModelRef:
+        from acdc_lite.models import fingerprint, model_info
+
+        i = model_info(model)
+        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model))
+
+    def graph(self) -> ModelGraph:
+        return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
+
+
+def _clean_float(x: float) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else round(x, 8)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    model: ModelRef
+    edges: dict[str, float]  # kept edges -> score
+    task: dict = field(default_factory=dict)
+    method: dict = field(default_factory=dict)  # {"name": ..., "params": {...}}
+    ablation: str = "resample"
+    metrics: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    scores: dict[str, float] | None = None  # every edge's score, when the method produced a ranking
+
+    def __post_init__(self):
+        graph = self.model.graph()
+        for name in list(self.edges) + list(self.scores or {}):
+            try:
+                graph.edge_index(name)
+            except ValueError as e:
+                raise CircuitError(f"circuit edge {name!r} does not exist in a {self.model.n_layers}-layer, "
+                                   f"{self.model.n_heads}-head graph of {self.model.name}") from e
+        object.__setattr__(self, "edges", {k: _clean_float(v) for k, v in sorted(self.edges.items())})
+        if self.scores is not None:
+            object.__setattr__(self, "scores", {k: _clean_float(v) for k, v in sorted(self.scores.items())})
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_mask(cls, model_ref: ModelRef, mask: torch.Tensor, scores: torch.Tensor | None = None,
+                  keep_all_scores: bool = True, **kwargs) -> Circuit:
+        """From a [S, R] membership mask (and optional [S, R] scores) over `model_ref.graph()`."""
+        graph = model_ref.graph()
+        kept = graph.edges_from_mask(mask)
+        score_of = (lambda e: float(scores[graph.edge_index(e)])) if scores is not None else (lambda e: 1.0)
+        all_scores = None
+        if scores is not None and keep_all_scores:
+            all_scores = {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges}
+        return cls(model=model_ref, edges={str(e): score_of(e) for e in kept}, scores=all_scores, **kwargs)
+
+    # ---- views --------------------------------------------------------------------------
+    @property
+    def graph(self) -> ModelGraph:
+        return self.model.graph()
+
+    def edge_list(self) -> list[Edge]:
+        return [Edge.parse(n) for n in self.edges]
+
+    @property
+    def nodes(self) -> list[str]:
+        """Nodes touched by a kept edge, in graph order."""
+        touched = {e.src for e in self.edge_list()} | {e.dst for e in self.edge_list()}
+        return [str(n) for n in self.graph.nodes if n in touched]
+
+    def heads(self) -> list[Node]:
+        return [Node.parse(n) for n in self.nodes if n not in (str(INPUT_NODE), str(LOGITS_NODE)) and n.startswith("a")]
+
+    def mask(self) -> torch.Tensor:
+        """[S, R] bool membership over `self.graph`."""
+        return self.graph.mask_from_edges(self.edges)
+
+    def score_tensor(self) -> torch.Tensor:
+        """[S, R] scores (every edge's if stored, else the kept edges'), NaN where unknown."""
+        graph = self.graph
+        out = torch.full(graph.valid.shape, float("nan"))
+        for name, value in (self.scores or self.edges).items():
+            out[graph.edge_index(name)] = float("nan") if value is None else value
+        return out
+
+    def with_metrics(self, **metrics) -> Circuit:
+        return replace(self, metrics={**self.metrics, **metrics})
+
+    # ---- checks -------------------------------------------------------------------------
+    def check_model(self, model: nn.Module) -> None:
+        """Raise CircuitError unless `model` has this circuit's shape and weights."""
+        other = ModelRef.of(model)
+        if self.model.graph() != other.graph():
+            raise CircuitError(f"circuit is for {self.model.name} ({self.model.n_layers} layers x {self.model.n_heads} heads) "
+                               f"but the model {other.name} has {other.n_layers} x {other.n_heads}; use the model it was found on")
+        if self.model.fingerprint != other.fingerprint:
+            raise CircuitError(f"circuit was found on {self.model.name} with weights {self.model.fingerprint}, but these "
+                               f"weights are {other.fingerprint}; load the same model (or re-run discovery on this one)")
+
+    # ---- files --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {
+            "schema_version": SCHEMA_VERSION,
+            "edge_convention": EDGE_CONVENTION,
+            "model": asdict(self.model),
+            "task": self.task,
+            "method": self.method,
+            "ablation": self.ablation,
+            "n_edges": len(self.edges),
+            "nodes": self.nodes,
+            "edges": self.edges,
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+        if self.scores is not None:
+            d["scores"] = self.scores
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "circuit") -> Circuit:
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise CircuitError(f"{source} has schema_version {version!r}; this acdc-lite reads version {SCHEMA_VERSION}. "
+                               "Re-run discovery with this version, or use the acdc-lite that wrote it")
+        if d.get("edge_convention", EDGE_CONVENTION) != EDGE_CONVENTION:
+            raise CircuitError(f"{source} uses edge convention {d['edge_convention']!r}, not {EDGE_CONVENTION!r}")
+        try:
+            return cls(model=ModelRef(**d["model"]), edges=d["edges"], task=d.get("task", {}), method=d.get("method", {}),
+                       ablation=d.get("ablation", "resample"), metrics=d.get("metrics", {}),
+                       provenance=d.get("provenance", {}), scores=d.get("scores"))
+        except (KeyError, TypeError) as e:
+            raise CircuitError(f"{source} is not a circuit file: missing or malformed field {e}") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file + rename): a crash never leaves half a file."""
+        path = Path(path)
+        write_atomic(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        path = Path(path)
+        if not path.is_file():
+            raise CircuitError(f"circuit file {path} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise CircuitError(f"{path} is not JSON ({e}); is it a circuit file?") from e
+        return cls.from_dict(d, source=str(path))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
