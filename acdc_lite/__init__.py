@@ -4,6 +4,7 @@ from acdc_lite.circuit import Circuit
 from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, Port
 from acdc_lite.models import ModelLoadError, fingerprint, load_model, model_info
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, sender_outputs
+from acdc_lite.search import discover, search
 from acdc_lite.task import Task, TaskError, Vocabulary, load_task
 from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
 
@@ -12,5 +13,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Ablation", "Edge", "EdgePatcher", "ModelGraph", "ModelLoadError", "Node", "NodeKind", "Port",
     "SmallTransformer", "SmallTransformerConfig", "ablated_outputs", "fingerprint", "load_model",
-    "model_info", "sender_outputs", "Task", "TaskError", "Vocabulary", "load_task", "Circuit",
+    "model_info", "sender_outputs", "Task", "TaskError", "Vocabulary", "load_task", "Circuit", "discover", "search",
 ]

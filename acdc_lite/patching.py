@@ -97,6 +97,7 @@ class _Pass:
     receiver_inputs: dict[int, torch.Tensor] | None = None  # first receiver column -> patched input
     resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
     ablated: list[torch.Tensor] | None = None  # per group, this chunk's rows: [b|1, p|1, n, d]
+    input_alpha: float | None = None  # run on ablated + alpha * (clean - ablated) input (integrated gradients)
 
 
 class EdgePatcher:
@@ -162,6 +163,11 @@ class EdgePatcher:
         g = self.graph
         fwd = []
         h = g.n_heads
+        if st.input_alpha is not None and start_layer == 0:
+            def interpolate(x, hook):
+                a = st.ablated[0].view(*st.ablated[0].shape[:2], -1)
+                return a + st.input_alpha * (x - a)
+            fwd.append((hooks.INPUT, interpolate))
 
         def sender_hook(i: int, group):
             def hook(x, hook):
@@ -303,32 +309,40 @@ class EdgePatcher:
             chunks[idx.start] = _PrefixChunk(deltas=list(st.deltas), resid_pre=st.resid_pre)
         return Prefix(chunks)
 
-    def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1) -> tuple[float, torch.Tensor]:
         """Mean metric and its gradient d metric / d kept [S, R] at mask `kept` (default: all edges kept).
 
-        One forward and one backward pass per chunk; zero outside valid edges.
+        One forward and one backward pass per chunk; zero outside valid edges. With `ig_steps` = m > 1,
+        the receiver gradients are averaged over inputs interpolated from the ablated to the clean input
+        (alpha = 1/m, 2/m, ..., 1) and multiplied by the clean differences: EAP-IG's integrated gradients.
         """
         g = self.graph
         kept = g.full_mask() if kept is None else kept
         removed = self.removed_weights(kept)
         if removed.shape[0] != 1:
             raise ValueError("mask_gradient takes a single [S, R] mask")
+        if ig_steps < 1:
+            raise ValueError(f"ig_steps must be at least 1, got {ig_steps}")
         grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
         total = 0.0
         for idx in self._chunks():
-            st = self._new_pass(removed, collect=True)
-            with torch.enable_grad():
-                logits = self._run(st, idx)
-                values = self._metric(metric, logits, idx, 1)
-                total += float(values.detach().sum())
-                cols = sorted(st.receiver_inputs)
-                grads = torch.autograd.grad(values.sum() / len(self.tokens), [st.receiver_inputs[c] for c in cols],
-                                            allow_unused=True)
-            self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
+            summed: dict[int, torch.Tensor] = {}
+            for step in range(1, ig_steps + 1):
+                st = self._new_pass(removed, collect=True)
+                st.input_alpha = None if step == ig_steps else step / ig_steps
+                with torch.enable_grad():
+                    logits = self._run(st, idx)
+                    values = self._metric(metric, logits, idx, 1)
+                    cols = sorted(st.receiver_inputs)
+                    grads = torch.autograd.grad(values.sum() / len(self.tokens), [st.receiver_inputs[c] for c in cols],
+                                                allow_unused=True)
+                self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
+                for col, gr in zip(cols, grads, strict=True):
+                    if gr is not None:
+                        summed[col] = gr / ig_steps + summed.get(col, 0)
+            total += float(values.detach().sum())  # the last step is the clean input
             deltas = torch.cat([d.detach()[0] for d in st.deltas])  # [S, b*p*d]
-            for col, gr in zip(cols, grads, strict=False):
-                if gr is None:
-                    continue
+            for col, gr in summed.items():
                 width = g.n_heads if gr.dim() == 4 else 1
                 grad[:, col:col + width] += self._edge_grads(deltas, gr)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32)

@@ -1,0 +1,165 @@
+"""ACDC: prune edges one at a time, from the output backwards, keeping only those that matter.
+
+Receivers are visited in reverse topological order: `logits`, then per layer from the last: the
+MLP, then heads H-1..0 with ports q, k, v. A receiver whose node no longer feeds anything is cut
+off without tests. For each incoming edge (latest sender first, or a `shuffle_seed` permutation),
+the edge is removed for good if the metric drops by less than tau:
+
+    metric(current) - metric(current without edge) < tau      (metric: higher = clean behaviour)
+
+With the default KL metric (-KL to the clean model) this is ACDC's rule on KL.
+
+Cost sits near its floor: the corrupted activations are cached once, and every test recomputes
+only the layers from the receiver's on (the layers below are still the full model's, since they are
+visited later). Tests run in speculative batches that are exact: candidates k = 1..C remove the
+first k untested edges cumulatively; decisions are read in order up to the first kept edge, and the
+rest of the batch is discarded. A checkpoint (JSON) is written every `checkpoint_every` decisions
+and on interruption; resuming from it gives the identical circuit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from acdc_lite.circuit import write_atomic
+from acdc_lite.graph import HEAD_PORTS, ModelGraph, NodeKind
+from acdc_lite.search.common import SearchContext, SearchResult, prune_dangling
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ACDCConfig:
+    tau: float = 0.01
+    batch: int = 8  # speculative candidates per pass
+    shuffle_seed: int | None = None  # None: latest sender first
+    checkpoint: str | None = None  # path of a resumable checkpoint
+    checkpoint_every: int = 200  # decisions between checkpoints
+    progress: bool = True
+
+
+def receiver_order(graph: ModelGraph) -> list[int]:
+    """Receiver columns from the output backwards (see module docstring)."""
+    order = [graph.logits_receiver]
+    for layer in reversed(range(graph.n_layers)):
+        if graph.has_mlp:
+            order.append(graph.mlp_receiver(layer))
+        for head in reversed(range(graph.n_heads)):
+            order += [graph.head_receiver(layer, port, head) for port in HEAD_PORTS]
+    return order
+
+
+def _sender_order(graph: ModelGraph, receiver: int, shuffle_seed: int | None) -> list[int]:
+    senders = list(reversed(range(graph.n_senders_before(receiver))))
+    if shuffle_seed is not None:
+        g = torch.Generator().manual_seed(shuffle_seed * 100_003 + receiver)
+        senders = [senders[i] for i in torch.randperm(len(senders), generator=g).tolist()]
+    return senders
+
+
+def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, receiver: int) -> bool:
+    node = graph.receivers[receiver][0]
+    if node.kind is NodeKind.LOGITS:
+        return True
+    sender = graph.head_sender(node.layer, node.head) if node.kind is NodeKind.HEAD else graph.mlp_sender(node.layer)
+    return bool(kept[sender].any())
+
+
+def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
+    """ACDC on `ctx` (see module docstring). Scores: the metric drop each tested edge caused."""
+    graph, patcher = ctx.graph, ctx.patcher
+    kept = graph.full_mask()
+    scores = torch.full(graph.valid.shape, float("nan"))
+    trajectory: list[dict] = []
+    done_receivers: list[int] = []
+    state = _load_checkpoint(config.checkpoint, graph)
+    if state is not None:
+        kept, scores, trajectory, done_receivers = state
+        log.info("resuming ACDC from %s: %d receivers done", config.checkpoint, len(done_receivers))
+    metric_full = float(ctx.evaluate(graph.full_mask()))
+    prefix = patcher.record_prefix(graph.full_mask())  # layers below the visited receiver stay full
+    current = float(ctx.evaluate(kept))
+    decisions_since_save = 0
+    order = [r for r in receiver_order(graph) if r not in set(done_receivers)]
+    bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
+               desc="ACDC edges", disable=not config.progress, unit="edge")
+    try:
+        for receiver in order:
+            senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver]]
+            if not _feeds_anything(graph, kept, receiver):
+                kept[:, receiver] = False  # a node that feeds nothing needs no inputs
+                bar.update(graph.n_senders_before(receiver))
+            else:
+                start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
+                i = 0
+                while i < len(senders):
+                    chunk = senders[i:i + config.batch]
+                    cands = kept[None].repeat(len(chunk), 1, 1)
+                    for k, s in enumerate(chunk):
+                        cands[k:, s, receiver] = False
+                    values = ctx.evaluate(cands, start_layer=start_layer, prefix=prefix).tolist()
+                    for k, s in enumerate(chunk):
+                        drop = current - values[k]
+                        scores[s, receiver] = drop
+                        i += 1
+                        decisions_since_save += 1
+                        if drop < config.tau:
+                            kept[s, receiver] = False
+                            current = values[k]
+                        else:
+                            break  # later candidates assumed this edge removed: re-test them
+                bar.update(graph.n_senders_before(receiver))
+            done_receivers.append(receiver)
+            trajectory.append({"receiver": str(graph.receivers[receiver][0]) + f"<{graph.receivers[receiver][1].value}>",
+                               "metric": current, "edges": int(kept.sum()), "forward_passes": patcher.forward_passes})
+            if config.checkpoint and decisions_since_save >= config.checkpoint_every:
+                _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
+                decisions_since_save = 0
+    except KeyboardInterrupt:
+        if config.checkpoint:
+            _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
+            log.warning("interrupted: ACDC state saved to %s; resume with the same arguments", config.checkpoint)
+        raise
+    finally:
+        bar.close()
+    if config.checkpoint:
+        _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
+    kept = prune_dangling(graph, kept)
+    return SearchResult(
+        method="acdc", params={"tau": config.tau, "batch": config.batch, "shuffle_seed": config.shuffle_seed},
+        kept=kept, scores=scores, trajectory=trajectory, forward_passes=patcher.forward_passes,
+        backward_passes=patcher.backward_passes, seconds=ctx.seconds(), metric_full=metric_full,
+        metric_empty=float(ctx.evaluate(graph.empty_mask())), metric_circuit=float(ctx.evaluate(kept)),
+    )
+
+
+def _save_checkpoint(path: str, graph: ModelGraph, kept, scores, trajectory, done) -> None:
+    state = {
+        "graph": list(graph.shape_key),
+        "done_receivers": done,
+        "removed": [str(e) for e in graph.edges_from_mask(graph.valid & ~kept)],
+        "scores": {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges_from_mask(~scores.isnan())},
+        "trajectory": trajectory,
+    }
+    write_atomic(Path(path), json.dumps(state))
+
+
+def _load_checkpoint(path: str | None, graph: ModelGraph):
+    if not path or not Path(path).is_file():
+        return None
+    state = json.loads(Path(path).read_text())
+    if tuple(state["graph"]) != graph.shape_key:
+        raise ValueError(f"checkpoint {path} is for another model graph {state['graph']}; delete it or use that model")
+    kept = graph.full_mask()
+    for name in state["removed"]:
+        kept[graph.edge_index(name)] = False
+    scores = torch.full(graph.valid.shape, float("nan"))
+    for name, value in state["scores"].items():
+        scores[graph.edge_index(name)] = value
+    return kept, scores, state["trajectory"], state["done_receivers"]

@@ -1,0 +1,75 @@
+"""Turning edge scores into a circuit: top-n, a threshold, or the smallest prefix reaching a faithfulness."""
+
+from __future__ import annotations
+
+import torch
+
+from acdc_lite.graph import ModelGraph
+from acdc_lite.search.common import SearchContext
+
+
+def ranking(graph: ModelGraph, scores: torch.Tensor, absolute: bool = True) -> list[tuple[int, int]]:
+    """Valid edges as (sender, receiver), most important first (by |score| when `absolute`)."""
+    values = scores.abs() if absolute else scores
+    values = values.nan_to_num(float("-inf")).masked_fill(~graph.valid, float("-inf"))
+    flat = torch.argsort(values.flatten(), descending=True, stable=True)[: graph.n_edges()]
+    n_r = graph.n_receivers
+    return [(int(i) // n_r, int(i) % n_r) for i in flat]
+
+
+def top_n(graph: ModelGraph, scores: torch.Tensor, n: int, absolute: bool = True) -> torch.Tensor:
+    """[S, R] bool: the n highest-scoring edges."""
+    kept = torch.zeros_like(graph.valid)
+    for s, r in ranking(graph, scores, absolute)[:n]:
+        kept[s, r] = True
+    return kept
+
+
+def threshold(graph: ModelGraph, scores: torch.Tensor, value: float, absolute: bool = True) -> torch.Tensor:
+    """[S, R] bool: edges scoring at least `value` (|score| when `absolute`)."""
+    s = scores.abs() if absolute else scores
+    return graph.valid & (s.nan_to_num(float("-inf")) >= value)
+
+
+def until_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.9, absolute: bool = True,
+                   metric_full: float | None = None, metric_empty: float | None = None) -> torch.Tensor:
+    """[S, R] bool: the smallest top-k (found by bisection on k) whose faithfulness reaches `target`.
+
+    Faithfulness is not always monotone in k; bisection finds a k where it crosses the target.
+    """
+    graph = ctx.graph
+    order = ranking(graph, scores, absolute)
+    full = ctx.evaluate(graph.full_mask()) if metric_full is None else metric_full
+    empty = ctx.evaluate(graph.empty_mask()) if metric_empty is None else metric_empty
+
+    def mask(k):
+        m = torch.zeros_like(graph.valid)
+        for s, r in order[:k]:
+            m[s, r] = True
+        return m
+
+    def faithful(k):
+        return (float(ctx.evaluate(mask(k))) - empty) / (full - empty) >= target
+
+    lo, hi = 0, len(order)  # invariant: faithful(hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if faithful(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return mask(hi)
+
+
+def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
+    """Grouped-query attention shares k/v inputs: keep a k/v edge for every head of a group if any has it."""
+    if group <= 1:
+        return kept
+    kept = kept.clone()
+    h = graph.n_heads
+    for layer in range(graph.n_layers):
+        for offset in (h, 2 * h):
+            start = layer * graph.receivers_per_layer + offset
+            cols = kept[:, start:start + h].unflatten(1, (h // group, group))
+            kept[:, start:start + h] = cols.any(dim=2, keepdim=True).expand_as(cols).flatten(1)
+    return kept & graph.valid
