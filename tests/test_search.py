@@ -1,0 +1,98 @@
+"""Search methods on a small random model: invariants that hold whatever the weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from acdc_lite import Task, discover, search
+from acdc_lite.search import SearchError
+from acdc_lite.search.common import SearchContext, prune_dangling
+
+
+@pytest.fixture(scope="module")
+def toy_task():
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(0, 20, (16, 7), generator=g), torch.randint(0, 20, (16, 7), generator=g)
+    return Task("toy", clean, corrupt, torch.randint(0, 20, (16, 1), generator=g), torch.randint(0, 20, (16, 1), generator=g))
+
+
+def spearman(a, b):
+    ok = ~torch.isnan(a) & ~torch.isnan(b)
+    ra, rb = a[ok].argsort().argsort().double(), b[ok].argsort().argsort().double()
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_acdc_at_tau_zero_keeps_what_matters(small_model, toy_task):
+    res = search(small_model, toy_task, "acdc", tau=0.0, progress=False)
+    exact = search(small_model, toy_task, "exact", metric="kl", top_n=1, progress=False).scores
+    assert abs(res.metric_circuit - res.metric_full) < 1e-5  # -KL stays at the clean model's 0
+    matters = exact.nan_to_num(0).abs() > 1e-4
+    assert bool((res.kept | ~matters).all())
+
+
+def test_acdc_removes_everything_when_corrupt_equals_clean(small_model, toy_task):
+    same = Task("same", toy_task.clean, toy_task.clean.clone(), toy_task.answers, toy_task.foils)
+    res = search(small_model, same, "acdc", tau=1e-6, progress=False)
+    assert res.n_edges == 0
+
+
+def test_acdc_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch):
+    whole = search(small_model, toy_task, "acdc", tau=0.02, progress=False)
+    ckpt = str(tmp_path / "acdc.ckpt.json")
+    real = SearchContext.evaluate
+    calls = {"n": 0}
+
+    def flaky(self, kept, **kw):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+        return real(self, kept, **kw)
+
+    monkeypatch.setattr(SearchContext, "evaluate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        search(small_model, toy_task, "acdc", tau=0.02, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(SearchContext, "evaluate", real)
+    resumed = search(small_model, toy_task, "acdc", tau=0.02, checkpoint=ckpt, progress=False)
+    assert torch.equal(resumed.kept, whole.kept)
+    assert torch.allclose(resumed.scores.nan_to_num(-9), whole.scores.nan_to_num(-9), atol=1e-5)
+
+
+def test_eap_agrees_with_exact_patching(small_model, toy_task):
+    exact = search(small_model, toy_task, "exact", top_n=5, progress=False).scores
+    assert spearman(search(small_model, toy_task, "eap", top_n=5).scores, exact) >= 0.8
+
+
+def test_eap_ig_is_complete_on_the_input(small_model, toy_task):
+    """Integrated gradients' completeness: the input's edge scores sum to metric(clean) - metric(corrupt)."""
+    scores = search(small_model, toy_task, "eap-ig", ig_steps=64, top_n=5).scores
+    metric = toy_task.metric()
+    idx = torch.arange(len(toy_task))
+    with torch.no_grad():
+        gap = float(metric(small_model(toy_task.clean), idx).mean() - metric(small_model(toy_task.corrupt), idx).mean())
+    assert abs(float(scores[0].nansum()) - gap) < 0.02 * abs(gap) + 1e-3
+    one_step = search(small_model, toy_task, "eap-ig", ig_steps=1, top_n=5).scores
+    assert torch.allclose(one_step, search(small_model, toy_task, "eap", top_n=5).scores, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["head-pruning", "hisp", "eap", "eap-ig", "hybrid"])
+def test_methods_return_consistent_results(small_model, toy_task, method):
+    res = search(small_model, toy_task, method, progress=False)
+    graph = SearchContext.build(small_model, toy_task).graph
+    assert torch.equal(prune_dangling(graph, res.kept), res.kept)  # no dangling edges
+    assert res.forward_passes > 0
+    assert np.isfinite(res.faithfulness)
+
+
+def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_path):
+    c = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
+    assert len(c.edges) <= 12
+    assert {"seconds", "forward_passes", "backward_passes", "package_version", "seed"} <= set(c.provenance)
+    assert "faithfulness" in c.metrics
+    c.save(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("kwargs,match", [({"method": "nope"}, "unknown method"), ({"method": "acdc", "tau": -1}, "tau"),
+                                          ({"method": "eap", "metric": "kl"}, "zero gradient")])
+def test_bad_arguments_are_clear_errors(small_model, toy_task, kwargs, match):
+    with pytest.raises(SearchError, match=match):
+        search(small_model, toy_task, progress=False, **kwargs)
