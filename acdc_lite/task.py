@@ -1,7 +1,9 @@
 """`Task`: clean and corrupted prompts, answer (and foil) tokens, and metrics. Never loads a model.
 
 Sign convention, for every metric: higher = more of the clean behaviour. Metrics are per example:
-`metric(logits [b, pos, vocab], example_indices [b]) -> [b]`; searches average them.
+`metric(logits [b, pos, vocab], example_indices [b]) -> [b]`; searches average them. A task may add
+its own metrics (e.g. over every position, for tracr programs) in `custom_metrics`: name ->
+factory `(task, model or None) -> metric`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +43,7 @@ class Task:
     answer_pos: torch.Tensor | None = None  # [N], default: last position
     default_metric: str = "logit_diff"
     info: dict = field(default_factory=dict)  # templates, seed, ... (goes into circuit files)
+    custom_metrics: dict[str, Callable] = field(default_factory=dict, compare=False, repr=False)  # name -> factory(task, model)
 
     def __post_init__(self):
         n = len(self.clean)
@@ -55,8 +58,8 @@ class Task:
                 raise TaskError(f"task {self.name!r}: {label} must hold at least one token id for each of the {n} examples")
         if self.answer_pos is None:
             object.__setattr__(self, "answer_pos", torch.full((n,), self.clean.shape[1] - 1, dtype=torch.long))
-        if self.default_metric not in METRICS:
-            raise TaskError(f"unknown metric {self.default_metric!r}; choose one of {', '.join(METRICS)}")
+        if self.default_metric not in self.metric_names:
+            raise TaskError(f"unknown metric {self.default_metric!r}; choose one of {', '.join(self.metric_names)}")
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -78,18 +81,26 @@ class Task:
 
     def subset(self, idx: torch.Tensor) -> Task:
         """The examples at `idx` (e.g. a bootstrap resample)."""
-        return Task(self.name, self.clean[idx], self.corrupt[idx], self.answers[idx],
-                    None if self.foils is None else self.foils[idx], self.answer_pos[idx], self.default_metric, self.info)
+        return replace(self, clean=self.clean[idx], corrupt=self.corrupt[idx], answers=self.answers[idx],
+                       foils=None if self.foils is None else self.foils[idx], answer_pos=self.answer_pos[idx])
 
     def describe(self) -> dict:
         return {"name": self.name, "n_examples": len(self), "seq_len": self.seq_len, "metric": self.default_metric, **self.info}
 
     # ---- metrics ------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return METRICS + tuple(self.custom_metrics)
+
     def metric(self, name: str | None = None, model: nn.Module | None = None) -> Callable:
         """A per-example metric (higher = more clean behaviour). `kl` needs the model (for clean logits)."""
         name = name or self.default_metric
+        if name in self.custom_metrics:
+            custom = self.custom_metrics[name](self, model)
+            custom.metric_name = name
+            return custom
         if name not in METRICS:
-            raise TaskError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
+            raise TaskError(f"unknown metric {name!r}; choose one of {', '.join(self.metric_names)}")
         if name in ("logit_diff", "prob_diff") and self.foils is None:
             raise TaskError(f"metric {name} needs foil tokens, and task {self.name!r} has none; use logprob or kl")
         answers, foils, pos = self.answers, self.foils, self.answer_pos
@@ -300,7 +311,7 @@ def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, 
     if name in registry:
         task = registry[name].build(model, n_examples=n_examples, seed=seed)
         if metric:
-            task = Task(task.name, task.clean, task.corrupt, task.answers, task.foils, task.answer_pos, metric, task.info)
+            task = replace(task, default_metric=metric)
     elif name.endswith(".jsonl") or Path(name).is_file():
         task = task_from_jsonl(name, model, n_examples, metric)
     else:
