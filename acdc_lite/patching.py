@@ -92,7 +92,7 @@ class _Pass:
 
     removed: torch.Tensor  # [C, S, R] float: 1 - kept, zero outside valid edges
     n_candidates: int
-    deltas: list[torch.Tensor | None]  # per group [C|1, n, b*p*d], filled as senders fire
+    deltas: torch.Tensor | None = None  # [C, b*p, S, d]: D_s of every sender, filled as senders fire
     collect: bool = False  # keep receiver inputs for a backward pass
     receiver_inputs: dict[int, torch.Tensor] | None = None  # first receiver column -> patched input
     resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
@@ -149,15 +149,9 @@ class EdgePatcher:
         w = st.removed[:, :n_senders, cols]
         if not bool(w.any()):
             return None
-        acc = None
-        for group, delta in zip(self.graph.sender_groups, st.deltas, strict=False):
-            if group.start >= n_senders:
-                break
-            wg = w[:, group.start:group.start + group.size].transpose(1, 2)  # [C, n_cols, n]
-            term = torch.matmul(wg, delta)  # [C, n_cols, b*p*d]
-            acc = term if acc is None else acc + term
-        c, n_cols = acc.shape[0], acc.shape[1]
-        return acc.view(c, n_cols, b, p, d).permute(0, 2, 3, 1, 4).reshape(c * b, p, n_cols, d)
+        # [C, 1, n_cols, S'] @ [C, b*p, S', d]: one batched matmul over positions, no copies of D
+        corr = torch.matmul(w.transpose(1, 2)[:, None], st.deltas[:, :, :n_senders])
+        return corr.view(-1, p, corr.shape[2], d)
 
     def _hooks(self, st: _Pass, start_layer: int) -> list:
         g = self.graph
@@ -173,8 +167,11 @@ class EdgePatcher:
             def hook(x, hook):
                 x4 = _group_view(x, group.size)
                 cb, p, n, d = x4.shape
-                delta = x4.view(st.n_candidates, cb // st.n_candidates, p, n, d) - st.ablated[i]
-                st.deltas[i] = delta.permute(0, 3, 1, 2, 4).reshape(st.n_candidates, n, -1)
+                c = st.n_candidates
+                delta = x4.view(c, cb // c, p, n, d) - st.ablated[i]
+                if st.deltas is None:
+                    st.deltas = x4.new_zeros(c, (cb // c) * p, g.n_senders, d)
+                st.deltas[:, :, group.start:group.start + n] = delta.view(c, -1, n, d)
                 return x
             return hook
 
@@ -240,9 +237,9 @@ class EdgePatcher:
         st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
         if start_layer > 0:
             chunk = prefix.chunks[idx.start]
-            for i, group in enumerate(self.graph.sender_groups):
-                if max(group.layer, 0) < start_layer:
-                    st.deltas[i] = chunk.deltas[i]
+            n_before = 1 + start_layer * self.graph.senders_per_layer
+            st.deltas = chunk.deltas.new_zeros(c, *chunk.deltas.shape[1:])
+            st.deltas[:, :, :n_before] = chunk.deltas[:, :, :n_before]
             resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
                 logits = self.model(tokens.repeat(c, 1), start_at_layer=start_layer, resid=resid)
@@ -259,7 +256,7 @@ class EdgePatcher:
 
     def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False) -> _Pass:
         return _Pass(removed=removed, n_candidates=removed.shape[0],
-                     deltas=[None] * len(self.graph.sender_groups), collect=collect,
+                     collect=collect,
                      receiver_inputs={} if collect else None, resid_pre={} if record else None)
 
     @torch.no_grad()
@@ -306,7 +303,7 @@ class EdgePatcher:
         for idx in self._chunks():
             st = self._new_pass(removed, record=True)
             self._run(st, idx)
-            chunks[idx.start] = _PrefixChunk(deltas=list(st.deltas), resid_pre=st.resid_pre)
+            chunks[idx.start] = _PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
         return Prefix(chunks)
 
     def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1) -> tuple[float, torch.Tensor]:
@@ -341,28 +338,26 @@ class EdgePatcher:
                     if gr is not None:
                         summed[col] = gr / ig_steps + summed.get(col, 0)
             total += float(values.detach().sum())  # the last step is the clean input
-            deltas = torch.cat([d.detach()[0] for d in st.deltas])  # [S, b*p*d]
+            deltas = st.deltas.detach()[0]  # [b*p, S, d]
             for col, gr in summed.items():
                 width = g.n_heads if gr.dim() == 4 else 1
                 grad[:, col:col + width] += self._edge_grads(deltas, gr)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32)
 
     def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
-        """<D_s, grad at receiver> for the receivers of one hook: [S, n_cols] (float64)."""
+        """<D_s, grad at receiver> for the receivers of one hook: deltas [b*p, S, d] -> [S, n_cols] (float64)."""
         if gr.dim() == 3:
             gr = gr[:, :, None]
         b, p, n, d = gr.shape
         if n > 1 and n != self.graph.n_heads:
             # grouped k/v input: each head's receiver moves the group's input by 1/group of its correction
             gr = gr.repeat_interleave(self.kv_group, dim=2) / self.kv_group
-            n = self.graph.n_heads
-        g2 = gr.permute(0, 1, 3, 2).reshape(b * p * d, n)
-        return (deltas.double() @ g2.double())
+        return torch.einsum("xsd,xnd->sn", deltas, gr.reshape(b * p, -1, d)).double()
 
 
 @dataclass
 class _PrefixChunk:
-    deltas: list[torch.Tensor]
+    deltas: torch.Tensor  # [1, b*p, S, d]
     resid_pre: dict[int, torch.Tensor]
 
 

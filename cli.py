@@ -1,0 +1,129 @@
+"""acdc-lite command line: parse, one library call, write. Run `acdc-lite --help`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Automated circuit discovery for transformer language models.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Models shipped with acdc-lite.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks.")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(tasks_app, name="tasks")
+
+STATE = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")):
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(error: BaseException) -> None:
+    """One clear line on stderr and exit code 1 (a traceback only with --debug)."""
+    if STATE["debug"]:
+        raise error
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+def _guard(fn):
+    try:
+        return fn()
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError, ImportError, OSError) as e:
+        _fail(e)
+
+
+@app.command()
+def discover(
+    model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file."),
+    method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
+    tau: float | None = typer.Option(None, help="Pruning threshold (metric units; default depends on method)."),
+    metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl"),
+    ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
+    level: str | None = typer.Option(None, help="edge | node"),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Number of prompts."),
+    seed: int | None = typer.Option(None, help="Random seed (task sampling, search order)."),
+    device: str | None = typer.Option(None, help="Torch device, e.g. cpu or cuda:0."),
+    dtype: str | None = typer.Option(None, help="float32 | float64 | bfloat16 | float16"),
+    top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
+    out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Find a circuit and write OUT/circuit.json, OUT/circuit.svg and OUT/config.json.
+
+    Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
+    """
+    from acdc_lite.pipeline import DiscoverConfig, run_discover, write_outputs
+
+    def job():
+        cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
+                                     ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
+                                     dtype=dtype, top_n=top_n)
+        result = run_discover(cfg, progress=not quiet)
+        files = write_outputs(result, out)
+        c = result.circuit
+        typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
+                   f"faithfulness {c.metrics['faithfulness']:.3f}, {c.provenance['seconds']:.1f} s, "
+                   f"{c.provenance['forward_passes']:.0f} forward passes")
+        if result.svg_problem:
+            typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
+        typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+    _guard(job)
+
+
+@zoo_app.command("list")
+def zoo_list():
+    """List shipped models with their ground-truth heads. Example: acdc-lite zoo list"""
+    from acdc_lite import zoo
+
+    for name in zoo.names():
+        card = zoo.card(name)
+        heads = ", ".join(f"{h['name']} ({h['class']})" for h in card.get("ground_truth", {}).get("heads", []))
+        typer.echo(f"{name:24s} {card.get('architecture', '?'):20s} {heads}")
+
+
+@zoo_app.command("train")
+def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
+              out: Path | None = typer.Option(None, help="Write here instead of the package's zoo directory.")):
+    """Re-train a zoo model. Example: acdc-lite zoo train induction-attn-2l"""
+    def job():
+        from acdc_lite.zoo import train
+
+        path = train.train_and_save(name, seed=seed, directory=out)
+        typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@tasks_app.command("list")
+def tasks_list():
+    """List built-in tasks. Example: acdc-lite tasks list"""
+    from acdc_lite.task import builtin_tasks
+
+    for name, description in builtin_tasks().items():
+        typer.echo(f"{name:14s} {description}")
+
+
+@app.command()
+def version():
+    """Print the version. Example: acdc-lite version"""
+    from acdc_lite import __version__
+
+    typer.echo(json.dumps({"acdc-lite": __version__, "python": sys.version.split()[0]}))
+
+
+if __name__ == "__main__":
+    app()
