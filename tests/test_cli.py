@@ -54,7 +54,7 @@ def test_bad_inputs_give_one_line_and_no_output(setup, args, needle, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = setup / f"bad-{needle.replace(' ', '_')}"
     base = {"--model": str(setup / "model"), "--task": str(setup / "task.jsonl")}
-    for k, v in zip(args[::2], args[1::2]):
+    for k, v in zip(args[::2], args[1::2], strict=False):
         base[k] = v
     flat = [x for kv in base.items() for x in kv] + [a for a in args if a not in base and a not in base.values()]
     res = run("discover", *flat, "--out", out, "--quiet")
