@@ -1,0 +1,482 @@
+"""tracr-compiled RASP programs as `SmallTransformer`s, with tasks and ground-truth circuits.
+
+`compile_program` compiles a RASP program with tracr's `compile_rasp_to_model` and copies its
+weights into a `SmallTransformer` (no LayerNorm, separate token and position embeddings, ReLU MLPs,
+non-causal attention unless asked). tracr's layer l (attention, then MLP) is our layer l, so graph
+nodes `a{l}.h{h}` and `m{l}` are tracr's `layer_{l}/attn` head h and `layer_{l}/mlp`. A layer tracr
+leaves empty keeps zero weights (zero heads, a zero MLP): it reads and writes nothing.
+
+Logits: W_U is tracr's projection of the residual stream onto the output space, so the logits are
+the values of the output-space dimensions ([b, pos, n_values] for categorical outputs, whose argmax
+is tracr's decoded output; [b, pos, 1] for numerical ones).
+
+Ground truth (method "tracr-ground-truth"): sender s -> receiver r (port q/k/v for heads) is in the
+circuit when r's weights read a residual direction s writes (nonzero rows of W_Q W_K^T for q, of
+(W_Q W_K^T)^T for k, of W_V W_O for v, of W_in for an MLP, of W_U for the logits) and the program's
+computation graph routes that value there: the direction belongs to an SOp the receiver's RASP
+expression takes as input at that port (query/key SOp of its selector, aggregated SOp, Map/SequenceMap
+inputs, the selector-width head's output for its MLP, the program output for the logits), or it is one
+of tracr's two constants the compiled blocks use: `one` (MLP biases, the query side of attention to
+BOS) and `tokens:BOS` (the key side of the default attention to BOS, the value of selector width).
+Edges carrying only directions the receiver ignores change nothing when ablated, so the ground truth
+reproduces the model exactly under every ablation.
+
+Tasks follow the ACDC paper's tracr setup: the clean inputs are BOS + a fixed number of tokens
+(reverse: the 6 permutations of 1 2 3), the corrupted inputs are the same batch permuted with no
+fixed point, and the metric is `l2`: minus the mean over non-BOS positions and output dimensions of
+(logits - clean logits)^2 (ACDC's l2, negated so higher = more clean behaviour). Categorical programs
+also get `match`: the share of non-BOS positions whose argmax equals the clean one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from acdc_lite.circuit import Circuit, ModelRef
+from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node, NodeKind, Port
+from acdc_lite.task import Task
+from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
+
+log = logging.getLogger(__name__)
+
+METHOD = "tracr-ground-truth"
+COMPILER_PAD = "compiler_pad"
+ONE = "one"  # tracr's constant direction, 1 at every position (written by the token embedding)
+_SW_SUFFIX = "_selector_width_attn_output"  # tracr's hidden direction between a selector-width head and its MLP
+
+
+class TracrUnavailable(ImportError):
+    """tracr is not installed."""
+
+
+def _rasp():
+    try:
+        from tracr.rasp import rasp
+    except ImportError as e:
+        raise TracrUnavailable("tracr is not installed; install it with `pip install 'acdc-lite[tracr]'` "
+                               "(the tracr-pypi package, with jax on CPU)") from e
+    return rasp
+
+
+# ---- the compiled program -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TracrProgram:
+    """A compiled program: our model, tracr's model, the ground truth and how to make tasks.
+
+    vocab: input token values in id order (with BOS and pad); output_values: categorical output values
+    in logit order, None for a numerical output; directions: ground-truth edge -> residual directions
+    it carries.
+    """
+
+    name: str
+    model: SmallTransformer
+    ground_truth: Circuit
+    vocab: tuple
+    bos: str
+    output_values: tuple | None
+    residual_labels: tuple[str, ...]
+    max_seq_len: int
+    seq_len: int  # tokens after BOS in `make_task` inputs
+    unique_inputs: bool  # task inputs without repeated tokens (permutations)
+    default_examples: int
+    directions: dict[str, tuple[str, ...]]
+    assembled: Any = field(repr=False, compare=False)  # tracr's AssembledTransformerModel
+
+    @property
+    def categorical(self) -> bool:
+        return self.output_values is not None
+
+    @property
+    def input_values(self) -> list:
+        """Token values a program input may hold (no BOS, no pad)."""
+        return [v for v in self.vocab if v not in (self.bos, COMPILER_PAD)]
+
+    def encode(self, inputs: Sequence[Sequence]) -> torch.Tensor:
+        """Program inputs (lists of token values, no BOS) -> token ids [n, 1 + len] with BOS first."""
+        index = {v: i for i, v in enumerate(self.vocab)}
+        return torch.tensor([[index[self.bos]] + [index[v] for v in row] for row in inputs], dtype=torch.long)
+
+    def all_inputs(self, seq_len: int | None = None) -> list[tuple]:
+        """Every input of `seq_len` tokens (default: the task length), in a fixed order."""
+        n = seq_len or self.seq_len
+        values = sorted(self.input_values, key=str)
+        rows = itertools.permutations(values, n) if self.unique_inputs else itertools.product(values, repeat=n)
+        return list(rows)
+
+    def tracr_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tracr's own forward pass: final residual stream [n, p, d_model] and unembedded output [n, p]
+        (argmax ids for categorical outputs, values for numerical ones)."""
+        import jax.numpy as jnp
+
+        out = self.assembled.forward(self.assembled.params, jnp.asarray(tokens.numpy()))
+        resid = torch.from_numpy(np.array(out.transformer_output.output, dtype=np.float32))
+        return resid, torch.from_numpy(np.array(out.unembedded_output))
+
+    def make_task(self, n_examples: int | None = None, seed: int = 0) -> Task:
+        """`n_examples` distinct inputs (default: the program's, e.g. all 6 for reverse; inputs repeat
+        only when there are fewer), corrupted by a fixed-point-free permutation of the batch (ACDC)."""
+        n = n_examples or self.default_examples
+        g = torch.Generator().manual_seed(seed)
+        pool = self.all_inputs()
+        order = torch.randperm(len(pool), generator=g).tolist()
+        rows = [pool[order[i % len(pool)]] for i in range(n)]
+        clean = self.encode(rows)
+        corrupt = clean[_derangement(n, g)] if n > 1 else self.encode([pool[order[1 % len(pool)]]])
+        with torch.no_grad():
+            logits = self.model(clean)
+        answers = logits[:, -1].argmax(-1, keepdim=True) if self.categorical else torch.zeros(n, 1, dtype=torch.long)
+        metrics = {"l2": _l2_metric(self.model)}
+        if self.categorical:
+            metrics["match"] = _match_metric(self.model)
+        return Task(f"tracr-{self.name}", clean, corrupt, answers, default_metric="l2", custom_metrics=metrics,
+                    info={"program": self.name, "seed": seed, "corruption": "batch permuted without fixed points",
+                          "output": "categorical" if self.categorical else "numerical"})
+
+    def describe(self) -> dict:
+        return {"name": f"tracr-{self.name}", "program": self.name, "vocab": [str(v) for v in self.input_values],
+                "max_seq_len": self.max_seq_len, "bos": self.bos,
+                "output": "categorical" if self.categorical else "numerical"}
+
+
+def _derangement(n: int, g: torch.Generator) -> torch.Tensor:
+    """A random permutation of range(n) with no fixed point (n >= 2)."""
+    while True:
+        perm = torch.randperm(n, generator=g)
+        if not (perm == torch.arange(n)).any():
+            return perm
+
+
+def _clean_outputs(task: Task, model, default_model) -> torch.Tensor:
+    """The model's clean logits at the non-BOS positions: [N, P - 1, n_out]."""
+    m = model if model is not None else default_model
+    with torch.no_grad():
+        return m(task.clean)[:, 1:]
+
+
+def _l2_metric(default_model) -> Callable:
+    """Factory for `l2`: minus the mean squared distance to the clean logits over non-BOS positions, [b]."""
+    def factory(task: Task, model=None):
+        ref = _clean_outputs(task, model, default_model)
+
+        def metric(logits, idx):
+            diff = logits[:, 1:] - ref.to(logits.device)[idx.to(ref.device)]
+            return -(diff ** 2).mean(dim=(1, 2))
+        return metric
+    return factory
+
+
+def _match_metric(default_model) -> Callable:
+    """Factory for `match`: share of non-BOS positions whose argmax equals the clean argmax, [b]."""
+    def factory(task: Task, model=None):
+        ref = _clean_outputs(task, model, default_model).argmax(-1)
+
+        def metric(logits, idx):
+            return (logits[:, 1:].argmax(-1) == ref.to(logits.device)[idx.to(ref.device)]).float().mean(dim=1)
+        return metric
+    return factory
+
+
+# ---- compiling and converting ---------------------------------------------------------------
+def compile_program(program, vocab: set, max_seq_len: int, compiler_bos: str = "BOS", *, name: str = "program",
+                    causal: bool = False, mlp_exactness: int = 100, seq_len: int | None = None,
+                    unique_inputs: bool = False, default_examples: int = 50) -> TracrProgram:
+    """Compile a RASP `program` with tracr and convert it; see the module docstring.
+
+    seq_len: tokens after BOS in task inputs (default max_seq_len); unique_inputs: task inputs are
+    permutations (no repeated token).
+    """
+    _rasp()
+    from tracr.compiler import compiling
+
+    assembled = compiling.compile_rasp_to_model(program, vocab=set(vocab), max_seq_len=max_seq_len, causal=causal,
+                                                 compiler_bos=compiler_bos, compiler_pad=COMPILER_PAD,
+                                                 mlp_exactness=mlp_exactness)
+    labels = tuple(assembled.residual_labels)
+    token_values = sorted(assembled.input_encoder.encoding_map, key=assembled.input_encoder.encoding_map.get)
+    categorical = hasattr(assembled.output_encoder, "encoding_map")
+    if categorical:
+        out_map = assembled.output_encoder.encoding_map
+        output_values = tuple(sorted(out_map, key=out_map.get))
+        out_dims = [labels.index(f"{program.label}:{v}") for v in output_values]
+    else:
+        output_values = None
+        out_dims = [labels.index(program.label)]
+    model = _convert(assembled, out_dims, [str(v) for v in token_values], f"tracr-{name}")
+    directions = _ground_truth_edges(model, program, labels, compiler_bos)
+    ground_truth = _ground_truth_circuit(model, directions, name, program, labels, vocab, max_seq_len, compiler_bos)
+    n = seq_len or max_seq_len
+    log.info("compiled %s: %d layers x %d heads, d_model %d, d_mlp %d; ground truth %d edges", name,
+             model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model, model.cfg.d_mlp, len(directions))
+    return TracrProgram(name=name, model=model, ground_truth=ground_truth, vocab=tuple(token_values), bos=compiler_bos,
+                        output_values=output_values, residual_labels=labels, max_seq_len=max_seq_len, seq_len=n,
+                        unique_inputs=unique_inputs, default_examples=default_examples, directions=directions,
+                        assembled=assembled)
+
+
+def _convert(assembled, out_dims: list[int], vocab: list[str], name: str) -> SmallTransformer:
+    """tracr's haiku parameters -> a SmallTransformer reading logits from residual dims `out_dims`."""
+    mc = assembled.model_config
+    if mc.layer_norm:
+        raise ValueError("this tracr model uses LayerNorm; compiled tracr models never do, so it cannot be converted")
+    p = {k: {n: torch.from_numpy(np.array(v, dtype=np.float32)) for n, v in d.items()} for k, d in assembled.params.items()}
+    w_e, w_pos = p["token_embed"]["embeddings"], p["pos_embed"]["embeddings"]
+    h, e = mc.num_heads, mc.key_size
+    cfg = SmallTransformerConfig(n_layers=mc.num_layers, n_heads=h, d_model=w_e.shape[1], d_head=e, d_vocab=w_e.shape[0],
+                                 n_ctx=w_pos.shape[0], d_mlp=mc.mlp_hidden_size, normalization="none", act_fn="relu",
+                                 positional="learned", causal=bool(mc.causal), d_vocab_out=len(out_dims), vocab=vocab,
+                                 name=name)
+    d = cfg.d_model
+    state = {"W_E": w_e, "W_pos": w_pos, "W_U": torch.zeros(d, len(out_dims)), "b_U": torch.zeros(len(out_dims))}
+    state["W_U"][out_dims, torch.arange(len(out_dims))] = 1.0
+    for layer in range(cfg.n_layers):
+        pre, blk = f"transformer/layer_{layer}", f"blocks.{layer}"
+        for ours, theirs in (("Q", "query"), ("K", "key"), ("V", "value")):
+            state[f"{blk}.attn.W_{ours}"] = p[f"{pre}/attn/{theirs}"]["w"].view(d, h, e).permute(1, 0, 2)  # [h, d, e]
+            state[f"{blk}.attn.b_{ours}"] = p[f"{pre}/attn/{theirs}"]["b"].view(h, e)
+        state[f"{blk}.attn.W_O"] = p[f"{pre}/attn/linear"]["w"].view(h, e, d)
+        state[f"{blk}.attn.b_O"] = p[f"{pre}/attn/linear"]["b"]
+        state[f"{blk}.mlp.W_in"], state[f"{blk}.mlp.b_in"] = p[f"{pre}/mlp/linear_1"]["w"], p[f"{pre}/mlp/linear_1"]["b"]
+        state[f"{blk}.mlp.W_out"], state[f"{blk}.mlp.b_out"] = p[f"{pre}/mlp/linear_2"]["w"], p[f"{pre}/mlp/linear_2"]["b"]
+    model = SmallTransformer(cfg)
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    return model.eval()
+
+
+def compare_with_tracr(prog: TracrProgram, tokens: torch.Tensor | None = None) -> dict:
+    """Our model against tracr's own forward pass on `tokens` (default: every task-length input).
+
+    Returns the number of inputs, the max |difference| of the final residual stream and of the output
+    values, and whether every decoded output (argmax ids, or values to 1e-4) agrees.
+    """
+    tokens = prog.encode(prog.all_inputs()) if tokens is None else tokens
+    ref_resid, ref_out = prog.tracr_forward(tokens)
+    with torch.no_grad():
+        resid = {}
+        hook = (f"blocks.{prog.model.cfg.n_layers - 1}.hook_resid_post", lambda x, hook: resid.setdefault("x", x))
+        with prog.model.hooks(fwd_hooks=[hook]):
+            logits = prog.model(tokens)
+    ref_logits = ref_resid @ prog.model.W_U.detach()
+    ours = logits.argmax(-1) if prog.categorical else logits[..., 0]
+    if prog.categorical:
+        decoded_equal = bool((ours == ref_out).all())
+    else:
+        decoded_equal = bool(torch.allclose(ours, ref_out.float(), atol=1e-4))
+    return {"n_inputs": len(tokens), "max_abs_residual": float((resid["x"] - ref_resid).abs().max()),
+            "max_abs_output": float((logits - ref_logits).abs().max()), "decoded_equal": decoded_equal}
+
+
+# ---- ground truth ------------------------------------------------------------------------------
+def _nonzero_rows(m: torch.Tensor) -> set[int]:
+    return set((m != 0).any(dim=1).nonzero().flatten().tolist())
+
+
+def component_io(model: SmallTransformer) -> tuple[dict[Node, set[int]], dict[tuple[Node, Port], set[int]]]:
+    """Residual dims each sender writes and each receiver port reads, from the weights (zero = not used)."""
+    dbl = {k: v.detach().double() for k, v in model.state_dict().items()}
+    writes = {INPUT_NODE: _nonzero_rows(dbl["W_E"].T) | _nonzero_rows(dbl["W_pos"].T)}
+    reads = {(LOGITS_NODE, Port.IN): _nonzero_rows(dbl["W_U"])}
+    for layer in range(model.cfg.n_layers):
+        b = f"blocks.{layer}"
+        for h in range(model.cfg.n_heads):
+            node = Node(NodeKind.HEAD, layer, h)
+            qk = dbl[f"{b}.attn.W_Q"][h] @ dbl[f"{b}.attn.W_K"][h].T  # [d, d]
+            ov = dbl[f"{b}.attn.W_V"][h] @ dbl[f"{b}.attn.W_O"][h]  # [d, d]
+            reads[(node, Port.Q)], reads[(node, Port.K)], reads[(node, Port.V)] = _nonzero_rows(qk), _nonzero_rows(qk.T), _nonzero_rows(ov)
+            writes[node] = _nonzero_rows(ov.T)
+        mlp = Node(NodeKind.MLP, layer)
+        reads[(mlp, Port.IN)] = _nonzero_rows(dbl[f"{b}.mlp.W_in"])
+        writes[mlp] = _nonzero_rows(dbl[f"{b}.mlp.W_out"].T)
+    return writes, reads
+
+
+def _name(label: str) -> str:
+    """Residual label 'sop:value' (or 'one', or a hidden direction) -> the SOp / direction name."""
+    return label.split(":", 1)[0]
+
+
+def _program_inputs(rasp, graph, node_id: str, port: Port, is_head: bool) -> set[str]:
+    """Names of the residual directions the program routes into `node_id`'s block at `port`."""
+    expr = graph.nodes[node_id]["EXPR"]
+    if isinstance(expr, (rasp.Aggregate, rasp.SelectorWidth)) and is_head and isinstance(expr.selector, rasp.Select):
+        sel = expr.selector
+        by_port = {Port.Q: {sel.queries.label}, Port.K: {sel.keys.label},
+                   Port.V: {expr.sop.label} if isinstance(expr, rasp.Aggregate) else set()}
+        return by_port[port]
+    if isinstance(expr, rasp.SelectorWidth) and not is_head:
+        return {node_id + _SW_SUFFIX}
+    if isinstance(expr, rasp.Map):
+        return {expr.inner.label}
+    if isinstance(expr, rasp.SequenceMap):
+        return {expr.fst.label, expr.snd.label}
+    # anything else: every SOp the expression depends on (through selectors)
+    found, todo = set(), list(graph.predecessors(node_id))
+    while todo:
+        n = todo.pop()
+        if isinstance(graph.nodes[n]["EXPR"], rasp.SOp):
+            found.add(n)
+        else:
+            todo += list(graph.predecessors(n))
+    return found
+
+
+def _ground_truth_edges(model: SmallTransformer, program, labels: Sequence[str], bos: str) -> dict[str, tuple[str, ...]]:
+    """Ground-truth edge name -> residual labels it carries; see the module docstring."""
+    rasp = _rasp()
+    from tracr.compiler import rasp_to_graph
+
+    graph = rasp_to_graph.extract_rasp_graph(program).graph
+    constants = {ONE, f"tokens:{bos}"}
+    writes, reads = component_io(model)
+
+    def nodes_of(sender_dims: set[int]) -> set[str]:
+        names = {_name(labels[i]) for i in sender_dims}
+        return {n.removesuffix(_SW_SUFFIX) for n in names} & set(graph.nodes)
+
+    def allowed(dst: Node, port: Port) -> set[str]:
+        if dst.kind is NodeKind.LOGITS:
+            return {program.label}
+        return set().union(*[_program_inputs(rasp, graph, n, port, dst.kind is NodeKind.HEAD) for n in nodes_of(writes[dst])])
+
+    out = {}
+    for edge in ModelGraph(model.cfg.n_layers, model.cfg.n_heads).edges:
+        shared = sorted(writes[edge.src] & reads[(edge.dst, edge.port)])
+        if not shared:
+            continue
+        ok = allowed(edge.dst, edge.port)
+        carried = tuple(labels[i] for i in shared if labels[i] in constants or _name(labels[i]) in ok)
+        ignored = [labels[i] for i in shared if labels[i] not in carried]
+        if ignored:
+            log.warning("%s reads %s, which the program does not route there; left out of the ground truth", edge, ignored)
+        if carried:
+            out[str(edge)] = carried
+    return out
+
+
+def _ground_truth_circuit(model, directions, name, program, labels, vocab, max_seq_len, bos) -> Circuit:
+    from acdc_lite import __version__
+
+    try:
+        from importlib.metadata import version
+
+        tracr_version = version("tracr-pypi")
+    except Exception:  # noqa: BLE001 - another tracr distribution
+        tracr_version = "unknown"
+    task = {"name": f"tracr-{name}", "program": name, "output": program.label, "vocab": sorted(map(str, vocab)),
+            "max_seq_len": max_seq_len, "bos": bos}
+    rule = ("receiver reads (nonzero weights) a residual direction the sender writes, and the RASP graph routes that "
+            "SOp into the receiver's expression at that port, or the direction is tracr's constant 'one' or tokens:BOS")
+    return Circuit(model=ModelRef.of(model), edges={e: 1.0 for e in directions}, task=task,
+                   method={"name": METHOD, "params": {"rule": rule, "directions": {e: list(d) for e, d in directions.items()}}},
+                   ablation="zero", metrics={"n_edges": len(directions), "n_edges_acdc_convention": len(acdc_convention(directions))},
+                   provenance={"package_version": __version__, "tracr_version": tracr_version, "residual_dims": len(labels)})
+
+
+def acdc_convention(directions: dict[str, Sequence[str]]) -> list[str]:
+    """Edges as the ACDC paper counts tracr circuits: `input` split into `embed` (tokens, one) and `pos`
+    (indices), plus one q/k/v-input -> head edge per head port that receives anything."""
+    out, ports = [], set()
+    for name, carried in directions.items():
+        edge = Edge.parse(name)
+        if edge.dst.kind is NodeKind.HEAD:
+            ports.add((str(edge.dst), edge.port.value))
+        if edge.src.kind is NodeKind.INPUT:
+            kinds = {"pos" if _name(c) == "indices" else "embed" for c in carried}
+            out += [name.replace("input->", f"{k}->", 1) for k in sorted(kinds)]
+        else:
+            out.append(name)
+    return out + [f"{head}<{port}>->{head}" for head, port in sorted(ports)]
+
+
+# ---- the program suite ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProgramSpec:
+    """A registered program: a builder of a fresh RASP program and how to compile it and make tasks."""
+
+    build: Callable  # rasp module -> SOp
+    vocab: tuple
+    max_seq_len: int
+    seq_len: int
+    unique_inputs: bool
+    default_examples: int
+    description: str
+
+
+def _reverse(rasp):
+    """ACDC's tracr-reverse: length via selector width, opp_idx = length - indices - 1, aggregate tokens."""
+    length = rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE).named("all_true")).named("length")
+    opp_idx = (length - rasp.indices).named("opp_idx")
+    opp_idx = (opp_idx - 1).named("opp_idx-1")
+    flip = rasp.Select(rasp.indices, opp_idx, rasp.Comparison.EQ).named("flip")
+    return rasp.Aggregate(flip, rasp.tokens).named("reverse")
+
+
+def _frac_prevs(rasp, token: str = "x", name: str = "frac_prevs"):
+    """Fraction of the tokens so far equal to `token` (numerical mean over indices <= own index)."""
+    is_token = rasp.numerical(rasp.Map(lambda t: t == token, rasp.tokens).named(f"is_{token}"))
+    prevs = rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ).named("prevs")
+    return rasp.numerical(rasp.Aggregate(prevs, is_token, default=0)).named(name)
+
+
+def _proportion(rasp):
+    """ACDC's tracr-proportion: make_frac_prevs(tokens == 'x')."""
+    return _frac_prevs(rasp, "x")
+
+
+def _sort(rasp, max_seq_len: int = 4, min_key: float = 1):
+    """Sort tokens (repeats allowed): unique keys token + i / max_seq_len (MLP), target position by
+    selector width (head + MLP), then each position fetches the token whose target it is (head)."""
+    keys = rasp.SequenceMap(lambda x, i: x + min_key * i / max_seq_len, rasp.tokens, rasp.indices).named("sort_keys")
+    smaller = rasp.Select(keys, keys, rasp.Comparison.LT).named("smaller")
+    target_pos = rasp.SelectorWidth(smaller).named("target_pos")
+    fetch = rasp.Select(target_pos, rasp.indices, rasp.Comparison.EQ).named("fetch")
+    return rasp.Aggregate(fetch, rasp.tokens).named("sort")
+
+
+def _hist(rasp):
+    """How often each position's token occurs in the input (selector width of token equality)."""
+    return rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ).named("same_tok")).named("hist")
+
+
+def _shifted(rasp, offset: int):
+    """The token `offset` positions back (BOS's default, a zero vector, before that)."""
+    sel = rasp.Select(rasp.indices, rasp.indices, lambda k, q: q == k + offset).named(f"back{offset}")
+    return rasp.Aggregate(sel, rasp.tokens).named(f"tok_back{offset}")
+
+
+def _pattern(rasp):
+    """Whether the last three tokens are a b c: two shift heads in one layer, then two MLP stages."""
+    ab = rasp.SequenceMap(lambda x, y: x == "a" and y == "b", _shifted(rasp, 2), _shifted(rasp, 1)).named("ab_before")
+    return rasp.SequenceMap(lambda p, t: bool(p) and t == "c", ab, rasp.tokens).named("pattern_abc")
+
+
+def _balance(rasp):
+    """Fraction of '(' minus fraction of ')' so far: two token MLPs, two numerical heads, a linear MLP."""
+    opens = _frac_prevs(rasp, "(", "frac_open")
+    closes = _frac_prevs(rasp, ")", "frac_close")
+    return rasp.numerical(rasp.LinearSequenceMap(opens, closes, 1, -1)).named("balance")
+
+
+PROGRAMS: dict[str, ProgramSpec] = {
+    "reverse": ProgramSpec(_reverse, (1, 2, 3), 5, 3, True, 6, _reverse.__doc__),
+    "proportion": ProgramSpec(_proportion, ("w", "x", "y", "z"), 5, 4, False, 50, _proportion.__doc__),
+    "sort": ProgramSpec(_sort, (1, 2, 3), 4, 4, False, 50, _sort.__doc__),
+    "hist": ProgramSpec(_hist, ("a", "b", "c"), 5, 4, False, 50, _hist.__doc__),
+    "pattern": ProgramSpec(_pattern, ("a", "b", "c"), 5, 4, False, 50, _pattern.__doc__),
+    "balance": ProgramSpec(_balance, ("(", ")", "a"), 5, 4, False, 50, _balance.__doc__),
+}
+
+
+def load_program(name: str) -> TracrProgram:
+    """Compile a registered program (see `PROGRAMS`)."""
+    if name not in PROGRAMS:
+        raise KeyError(f"unknown tracr program {name!r}; registered: {', '.join(PROGRAMS)}")
+    spec = PROGRAMS[name]
+    return compile_program(spec.build(_rasp()), set(spec.vocab), spec.max_seq_len, name=name, seq_len=spec.seq_len,
+                           unique_inputs=spec.unique_inputs, default_examples=spec.default_examples)
