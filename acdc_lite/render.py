@@ -112,6 +112,7 @@ def build_dot(nodes: list[NodeSpec], edges: list[EdgeSpec], title: str, legend: 
            ranksep="0.45", nodesep="0.18", splines="spline", tooltip=title)
     g.attr("node", shape="plaintext", fontname="Helvetica", fontsize="11", margin="0")
     g.attr("edge", arrowsize="0.6")
+    ids = {n.name: f"n{i}" for i, n in enumerate(nodes)}  # safe DOT ids (names may hold ':' or '@')
     ranks = sorted({(n.rank, n.rank_label) for n in nodes})
     anchors = []
     for rank, label in ranks:
@@ -121,15 +122,15 @@ def build_dot(nodes: list[NodeSpec], edges: list[EdgeSpec], title: str, legend: 
             sub.attr(rank="same")
             sub.node(anchor, label=label, fontcolor="#909090", fontsize="9", shape="plaintext")
             for n in (n for n in nodes if n.rank == rank):
-                sub.node(n.name, label=_html_label(n, ports_first=direction == "TB"), tooltip=n.tooltip or n.name)
+                sub.node(ids[n.name], label=_html_label(n, ports_first=direction == "TB"), tooltip=n.tooltip or n.name)
     for a, b in zip(anchors, anchors[1:], strict=False):
         g.edge(a, b, style="invis")
     side = "s" if direction == "BT" else "n"
     for e in edges:
-        head = f"{e.dst}:{e.port}:{side}" if e.port else e.dst
+        head = f"{ids[e.dst]}:{e.port}:{side}" if e.port else ids[e.dst]
         attrs = {"color": e.color, "penwidth": f"{e.width:.2f}", "style": e.style, "tooltip": e.tooltip or f"{e.src}->{e.dst}"}
         attrs.update({k: str(v) for k, v in e.attrs.items()})
-        g.edge(e.src, head, **attrs)
+        g.edge(ids[e.src], head, **attrs)
     if legend:
         rows = []
         for kind, colour, text in legend:
