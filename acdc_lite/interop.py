@@ -145,7 +145,7 @@ def to_dot(circuit: Circuit, **render_kwargs) -> str:
 
     header = _DOT_HEADER + json.dumps({"model": asdict(circuit.model), "ablation": circuit.ablation,
                                        "task": circuit.task, "method": circuit.method}, sort_keys=True)
-    render_kwargs = {"prune": False, "fade_above": 10**9, **render_kwargs}
+    render_kwargs = {"prune": False, "fade_above": 10**9, "merge_above": 10**9, **render_kwargs}
     return render_dot(circuit, comment=header, **render_kwargs)
 
 

@@ -4,7 +4,8 @@ Layout: one rank per layer part, from `input` (bottom by default) through each l
 MLP to `logits`, with the layer names along the side. Nodes are coloured by kind; heads show their
 q, k and v inputs as ports where edges enter, and a measured role (e.g. from a zoo model card) when
 given. Edge width follows |score|, colour its sign (blue positive, red dashed negative); in large
-circuits weak edges are faded and merged per (sender, head). Dangling nodes (no path from `input`
+circuits weak edges are faded and merged per (sender, head), and in very large ones every sender's
+q/k/v edges into a head are drawn as one edge labelled with its ports. Dangling nodes (no path from `input`
 or to `logits`) are pruned. A legend and a title (task, model, method, faithfulness) are drawn.
 """
 
@@ -180,7 +181,8 @@ def _title(circuit: Circuit, faithfulness: float | None, extra: str = "") -> str
 
 
 def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: bool = True, fade_above: int = 60,
-                  weak_fraction: float = 0.1, max_edges: int | None = None) -> tuple[list[NodeSpec], list[EdgeSpec], list, str]:
+                  weak_fraction: float = 0.1, max_edges: int | None = None,
+                  merge_above: int = 150) -> tuple[list[NodeSpec], list[EdgeSpec], list, str]:
     """Node and edge specs, legend rows and a note for one circuit (see `render`)."""
     graph = circuit.graph
     mask = circuit.mask()
@@ -211,60 +213,71 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
                               ports=node.kind is NodeKind.HEAD, tooltip=f"{name}: {role}" if role else name))
     known = [abs(s) for s in scores.values() if s is not None]
     top = max(known) if known and max(known) > 0 else 1.0
-    fade = len(kept) > fade_above
-    edges: list[EdgeSpec] = []
-    weak_groups: dict[tuple[str, str], list[Edge]] = {}
+    uniform = len(set(known)) <= 1  # e.g. reference circuits: every score 1.0
+    fade, merge = len(kept) > fade_above, len(kept) > merge_above
+    max_width = 2.5 if fade else 4.0
+    strong: dict[tuple[str, str], list[Edge]] = {}
+    weak: dict[tuple[str, str], list[Edge]] = {}
     for e in kept:
         s = scores[e]
-        rel = abs(s) / top if s is not None else None
-        if fade and rel is not None and rel < weak_fraction:
-            weak_groups.setdefault((str(e.src), str(e.dst)), []).append(e)
-            continue
-        port = e.port.value if e.dst.kind is NodeKind.HEAD else None
+        is_weak = fade and s is not None and not uniform and abs(s) / top < weak_fraction
+        key = (str(e.src), str(e.dst)) if (merge or is_weak) else (str(e.src), str(e))
+        (weak if is_weak else strong).setdefault(key, []).append(e)
+    edges: list[EdgeSpec] = []
+    for (src, _), group in sorted(strong.items()):
+        best = max(group, key=lambda e: -1.0 if scores[e] is None else abs(scores[e]))
+        s = scores[best]
         if s is None:
             color, width, style = UNKNOWN, 1.0, "solid"
         else:
-            color, width, style = (POSITIVE, 0.6 + 3.4 * rel, "solid") if s >= 0 else (NEGATIVE, 0.6 + 3.4 * rel, "dashed")
-        label = f"{e}  score {s:.4g}" if s is not None else f"{e}  (no score)"
-        edges.append(EdgeSpec(str(e.src), str(e.dst), port, color, width, style, label,
-                              {"acdc_edge": str(e), "acdc_score": "nan" if s is None else repr(float(s))}))
-    for (src, dst), group in sorted(weak_groups.items()):
+            width = 1.2 if uniform else 0.6 + (max_width - 0.6) * abs(s) / top
+            color, style = (POSITIVE, "solid") if s >= 0 else (NEGATIVE, "dashed")
         ports = "".join(e.port.value for e in group if e.dst.kind is NodeKind.HEAD)
-        names = ";".join(str(e) for e in group)
+        tip = ", ".join(f"{e} {'n/a' if scores[e] is None else format(scores[e], '.4g')}" for e in group)
+        attrs = {"acdc_edge": ";".join(str(e) for e in group)}
+        if len(group) == 1:
+            attrs["acdc_score"] = "nan" if s is None else repr(float(s))
+        elif ports:
+            attrs.update(headlabel=ports, labelfontsize="7", labelfontcolor=color)
+        edges.append(EdgeSpec(src, str(best.dst), ports if len(ports) == 1 else None, color, width, style, tip, attrs))
+    for (src, dst), group in sorted(weak.items()):
+        ports = "".join(e.port.value for e in group if e.dst.kind is NodeKind.HEAD)
         tip = ", ".join(f"{e} {scores[e]:.3g}" for e in group)
-        port = ports if len(ports) == 1 else None
-        edges.append(EdgeSpec(src, dst, port, WEAK, 0.5, "solid", f"weak: {tip}",
-                              {"acdc_edge": names, "arrowsize": "0.35"}))
+        edges.append(EdgeSpec(src, dst, ports if len(ports) == 1 else None, WEAK, 0.5, "solid", f"weak: {tip}",
+                              {"acdc_edge": ";".join(str(e) for e in group), "arrowsize": "0.35"}))
     legend = [("fill", KIND_COLORS[k], k) for k in ("input", "head", "mlp", "logits")]
     legend += [("line", POSITIVE, "positive score (width ~ |score|)"), ("dash", NEGATIVE, "negative score")]
-    if weak_groups:
+    if weak:
         legend.append(("line", WEAK, f"weak: |score| < {weak_fraction:g} x max, merged per sender and head"))
-    legend.append(("text", "q k v", "the head input an edge enters"))
+    legend.append(("text", "q k v", "the head input an edge enters" + ("; merged edges label their inputs" if merge else "")))
     legend += [("border", c, r) for r, c in colors.items() if any(roles.get(n.name) == r for n in nodes)]
     return nodes, edges, legend, "; ".join(notes)
 
 
 def to_dot(circuit: Circuit, *, roles: dict[str, str] | None = None, title: str | None = None,
            faithfulness: float | None = None, direction: str = "BT", prune: bool = True, fade_above: int = 60,
-           weak_fraction: float = 0.1, max_edges: int | None = None, comment: str | None = None) -> str:
+           weak_fraction: float = 0.1, max_edges: int | None = None, merge_above: int = 150,
+           comment: str | None = None) -> str:
     """DOT source of the drawing `render` makes (no `dot` program needed)."""
-    nodes, edges, legend, note = circuit_specs(circuit, roles, prune, fade_above, weak_fraction, max_edges)
+    nodes, edges, legend, note = circuit_specs(circuit, roles, prune, fade_above, weak_fraction, max_edges, merge_above)
     g = build_dot(nodes, edges, title or _title(circuit, faithfulness, note), legend, direction, comment)
     return g.source
 
 
 def render(circuit: Circuit, path: str | Path | None = None, *, roles: dict[str, str] | None = None,
            title: str | None = None, faithfulness: float | None = None, direction: str = "BT", prune: bool = True,
-           fade_above: int = 60, weak_fraction: float = 0.1, max_edges: int | None = None) -> str:
+           fade_above: int = 60, weak_fraction: float = 0.1, max_edges: int | None = None,
+           merge_above: int = 150) -> str:
     """SVG text of `circuit`; also written to `path` if given (DOT text instead if it ends in .dot or .gv).
 
     roles: {node name: role} shown on heads (merged over roles stored in the circuit's method params).
     direction: 'BT' puts input at the bottom, 'TB' at the top. fade_above: more edges than this fades edges
-    with |score| < weak_fraction * max |score| and merges them per (sender, receiver node).
+    with |score| < weak_fraction * max |score| and merges them per (sender, receiver node); more than
+    merge_above merges every sender's q/k/v edges into a head into one edge labelled with the ports.
     max_edges: draw only the strongest edges. faithfulness: for the title (default circuit.metrics).
     """
     dot_text = to_dot(circuit, roles=roles, title=title, faithfulness=faithfulness, direction=direction, prune=prune,
-                      fade_above=fade_above, weak_fraction=weak_fraction, max_edges=max_edges)
+                      fade_above=fade_above, weak_fraction=weak_fraction, max_edges=max_edges, merge_above=merge_above)
     if path is not None and Path(path).suffix in (".dot", ".gv"):
         write_atomic(Path(path), dot_text)
         return dot_text
