@@ -100,10 +100,12 @@ def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
               out: Path | None = typer.Option(None, help="Write here instead of the package's zoo directory.")):
     """Re-train a zoo model. Example: acdc-lite zoo train induction-attn-2l"""
     def job():
-        from acdc_lite.zoo import train
+        from acdc_lite.zoo import ZOO_DIR, train
 
-        path = train.train_and_save(name, seed=seed, directory=out)
-        typer.echo(f"wrote {path}")
+        path = out or ZOO_DIR / name
+        _, card = train.train(name, seed=seed, out_dir=path)
+        heads = ", ".join(f"{h['name']} ({h['class']})" for h in card.get("ground_truth", {}).get("heads", []))
+        typer.echo(f"wrote {path}; ground-truth heads: {heads}")
 
     _guard(job)
 
