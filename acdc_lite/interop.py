@@ -88,17 +88,20 @@ def from_eap_json(source: dict | str | Path, model: ModelRef | None = None, **fi
                            f"{model.n_layers} x {model.n_heads}")
     graph = model.graph()
     valid_names = {str(e) for e in graph.edges}
-    edges, scores = {}, {}
+    edges, scores, skipped = {}, {}, 0
     for name, info in d["edges"].items():
         info = info if isinstance(info, dict) else {"in_graph": bool(info), "score": None}
         if name not in valid_names:
-            if info.get("in_graph") or (info.get("score") or 0.0) != 0.0:
-                raise CircuitError(f"{where}: edge {name!r} is not in a {graph!r}")
-            continue  # e.g. MLP edges of an attention-only model, never in the circuit
+            if info.get("in_graph"):
+                raise CircuitError(f"{where}: circuit edge {name!r} is not in a {graph!r}")
+            skipped += 1  # e.g. MLP edges EAP-IG builds for an attention-only model
+            continue
         score = info.get("score")
         scores[name] = float(score) if score is not None else float("nan")
         if info.get("in_graph"):
             edges[name] = scores[name]
+    if skipped:
+        log.warning("%s: skipped %d edges (not in the circuit) that a %r does not have", where, skipped, graph)
     has_ranking = extra.get("has_ranking", True)
     kwargs = {"task": extra.get("task", {}), "method": extra.get("method", {"name": "eap-ig-import"}),
               "ablation": extra.get("ablation", "resample"), "metrics": extra.get("metrics", {}),

@@ -573,6 +573,8 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
     `(task) -> Circuit` re-run on `n_bootstrap` resamples for stability (skipped if None).
     reference: a reference circuit for ROC AUC and precision/recall. random_seeds=0 skips the baseline.
     check_weights: refuse a model whose weights differ from the circuit's (shape is always checked).
+    batch_size: examples per patched pass; candidates: masks per batched pass (C x batch_size sequences
+    run at once; lower both for big models). minimality checks at most `max_minimality_edges` edges.
     """
     started = time.perf_counter()
     notes = []
