@@ -285,6 +285,21 @@ def _node_edges(graph: ModelGraph, node: Node) -> torch.Tensor:
     return out & graph.valid
 
 
+def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
+    """Grouped-query attention: heads of a k/v group share one k and one v input, so an edge into one
+    head's k (v) is an edge into the group's. Returns [.., S, R] with each group's k/v columns OR-ed."""
+    if group <= 1:
+        return kept
+    out = kept.clone()
+    h = graph.n_heads
+    for layer in range(graph.n_layers):
+        for offset in (h, 2 * h):
+            start = layer * graph.receivers_per_layer + offset
+            cols = out[..., start:start + h].unflatten(-1, (h // group, group))
+            out[..., start:start + h] = cols.any(-1, keepdim=True).expand_as(cols).flatten(-2)
+    return out & graph.valid
+
+
 def jaccard(a: set, b: set) -> float:
     """|a & b| / |a | b|; 1.0 for two empty sets."""
     return 1.0 if not a and not b else len(a & b) / len(a | b)
@@ -366,7 +381,7 @@ def faithfulness_curve(patcher: EdgePatcher, metric: Callable, scores: torch.Ten
                     int(torch.isnan(scores[graph.valid]).sum()), n_total)
     requested = [int(k * n_total) for k in fractions]
     masks = [top_k_mask(graph, scores, n, absolute) for n in requested]
-    masks = [connected_mask(graph, m) if prune else m for m in masks]
+    masks = [tie_kv_groups(graph, connected_mask(graph, m) if prune else m, patcher.kv_group) for m in masks]
     values: list[float] = []
     for batch in tqdm(list(_batched(masks, candidates)), desc="faithfulness curve", disable=not progress, leave=False):
         values += patcher.evaluate(torch.stack(batch), metric).tolist()
@@ -381,8 +396,10 @@ def minimality(patcher: EdgePatcher, metric: Callable, circuit_mask: torch.Tenso
                check_nodes: bool = True, progress: bool = False) -> Minimality:
     """Remove each circuit edge (node) alone and measure the normalised drop; [C, S, R] candidate batches.
 
-    gap = m(N) - m(empty). With more than `max_edges` edges a seeded random sample is checked.
-    Candidates are grouped by receiver layer so layers below the change are reused when the model allows it.
+    gap = m(N) - m(empty). With more than `max_edges` edges a seeded random sample is checked. A node is
+    removed by dropping its outgoing circuit edges (its output is then ablated everywhere). With grouped-query
+    attention an edge into a shared k/v input is removed for the whole group. Candidates are grouped by
+    receiver layer so layers below the change are reused when the model allows it.
     """
     graph = patcher.graph
     circuit_mask = circuit_mask.bool() & graph.valid
@@ -396,16 +413,19 @@ def minimality(patcher: EdgePatcher, metric: Callable, circuit_mask: torch.Tenso
 
     jobs = []  # (kind, name, start layer, mask)
     for s, r in edges:
-        m = circuit_mask.clone()
-        m[s, r] = False
+        single = torch.zeros_like(circuit_mask)
+        single[s, r] = True
+        m = circuit_mask & ~tie_kv_groups(graph, single, patcher.kv_group)  # a shared k/v input goes as one
         jobs.append(("edge", str(Edge(graph.senders[s], *graph.receivers[r])), min(graph.receiver_layer(r), last), m))
     if check_nodes:
         for name in sorted(node_set(graph, circuit_mask)):
             node = Node.parse(name)
             if node.kind is NodeKind.LOGITS:
                 continue
-            m = circuit_mask & ~_node_edges(graph, node)
-            jobs.append(("node", name, min(max(node.layer, 0), last), m))
+            m = circuit_mask.clone()
+            m[graph.senders.index(node)] = False  # no outgoing edge: the node's output is ablated everywhere
+            first_receiver = max(node.layer, 0) + int(node.kind is NodeKind.MLP)  # a head feeds its layer's MLP
+            jobs.append(("node", name, min(first_receiver, last), m))
     jobs.sort(key=lambda j: j[2])
 
     necessity: dict[tuple[str, str], float] = {}
@@ -436,7 +456,7 @@ def random_baseline(patcher: EdgePatcher, metric: Callable, kl: Callable, n_edge
         pick = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed + i))[:n_edges]]
         m = torch.zeros(graph.valid.numel(), dtype=torch.bool)
         m[pick] = True
-        m = m.view_as(graph.valid)
+        m = tie_kv_groups(graph, m.view_as(graph.valid), patcher.kv_group)
         masks += [m, graph.valid & ~m]
     metric_v, kl_v = [], []
     for batch in tqdm(list(_batched(masks, candidates)), desc="random circuits", disable=not progress, leave=False):

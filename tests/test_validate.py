@@ -187,3 +187,18 @@ def test_refuses_other_weights(small_model, task):
     with pytest.raises(CircuitError, match="weights"):
         validate(small_model, task, foreign, **FAST)
     assert validate(small_model, task, foreign, check_weights=False, **FAST).n_edges == 3
+
+
+def test_grouped_query_attention_model(task):
+    from acdc_lite import load_model
+    from acdc_lite.validate import tie_kv_groups
+    from tests.conftest import _llama_gqa
+
+    torch.manual_seed(0)
+    model = load_model(_llama_gqa())
+    graph = ModelGraph.from_model(model)
+    mask = tie_kv_groups(graph, connected_mask(graph, random_scores(graph, 5) > 0.8), 2)
+    scores = random_scores(graph, 6)
+    report = validate(model, task, circuit_of(model, mask, scores), random_seeds=2, max_minimality_edges=8, progress=False)
+    assert 0 < report.minimality.n_checked <= 8 and len(report.curve.faithfulness) == len(MIB_FRACTIONS)
+    assert report.curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
