@@ -327,7 +327,7 @@ def _program_inputs(rasp, graph, node_id: str, port: Port, is_head: bool) -> set
 
 
 def _ground_truth_edges(model: SmallTransformer, program, labels: Sequence[str], bos: str) -> dict[str, tuple[str, ...]]:
-    """Ground-truth edge name -> residual labels it carries; see the module docstring."""
+    """Ground-truth edge name -> residual directions it carries (SOp names, not labels); see the module docstring."""
     rasp = _rasp()
     from tracr.compiler import rasp_to_graph
 
@@ -355,8 +355,20 @@ def _ground_truth_edges(model: SmallTransformer, program, labels: Sequence[str],
         if ignored:
             log.warning("%s reads %s, which the program does not route there; left out of the ground truth", edge, ignored)
         if carried:
-            out[str(edge)] = carried
+            out[str(edge)] = tuple(_readable(c, graph) for c in carried)
     return out
+
+
+def _readable(label: str, graph) -> str:
+    """A residual label with the SOp's name instead of its process-dependent label ('length_5:1' -> 'length:1')."""
+    name, sep, value = label.partition(":")
+    base = name.removesuffix(_SW_SUFFIX)
+    if base not in graph.nodes:
+        return label
+    expr_name = graph.nodes[base]["EXPR"].name
+    if sum(graph.nodes[n]["EXPR"].name == expr_name for n in graph.nodes) > 1:
+        return label  # an ambiguous (default) name: keep the unique label
+    return expr_name + name[len(base):] + sep + value
 
 
 def _ground_truth_circuit(model, directions, name, program, labels, vocab, max_seq_len, bos) -> Circuit:
@@ -368,7 +380,7 @@ def _ground_truth_circuit(model, directions, name, program, labels, vocab, max_s
         tracr_version = version("tracr-pypi")
     except Exception:  # noqa: BLE001 - another tracr distribution
         tracr_version = "unknown"
-    task = {"name": f"tracr-{name}", "program": name, "output": program.label, "vocab": sorted(map(str, vocab)),
+    task = {"name": f"tracr-{name}", "program": name, "output": program.name, "vocab": sorted(map(str, vocab)),
             "max_seq_len": max_seq_len, "bos": bos}
     rule = ("receiver reads (nonzero weights) a residual direction the sender writes, and the RASP graph routes that "
             "SOp into the receiver's expression at that port, or the direction is tracr's constant 'one' or tokens:BOS")

@@ -92,7 +92,7 @@ def test_comparison_with_acdc_paper(programs):
 def test_committed_circuits_are_current(prog):
     saved = Circuit.load(CIRCUITS / f"{prog.name}.json")
     assert saved.method["name"] == T.METHOD
-    assert saved.edges == prog.ground_truth.edges
+    assert saved.edges == prog.ground_truth.edges and saved.method == prog.ground_truth.method
     saved.check_model(prog.model)  # same weights: the compiled model is deterministic
 
 
