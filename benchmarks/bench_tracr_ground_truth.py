@@ -168,7 +168,8 @@ def acdc_runs(progs) -> list[str]:
              "proportion: 50 inputs), seed 0. AutoCircuit's resample-ablation circuits (known_circuits.json) are "
              "`Resid Start -> A3.0.V, A3.0 -> Resid End` (reverse) and `Resid Start -> MLP 0, MLP 0 -> A1.0.V, "
              "A1.0 -> Resid End` (proportion).", "",
-             "| program | ablation | edges | in our ground truth | = published (zero: ACDC paper, resample: AutoCircuit) | edges found |", "|---|---|---|---|---|---|"]
+             "| program | ablation | edges | in our ground truth | = published (zero: ACDC paper, resample: AutoCircuit) | edges found |",
+             "|---|---|---|---|---|---|"]
     for name in ("reverse", "proportion"):
         prog = progs[name]
         for ablation in ("zero", "resample"):
