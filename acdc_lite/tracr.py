@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from acdc_lite import hooks
 from acdc_lite.circuit import Circuit, ModelRef
 from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node, NodeKind, Port
 from acdc_lite.task import Task
@@ -259,7 +260,7 @@ def compare_with_tracr(prog: TracrProgram, tokens: torch.Tensor | None = None) -
     ref_resid, ref_out = prog.tracr_forward(tokens)
     with torch.no_grad():
         resid = {}
-        hook = (f"blocks.{prog.model.cfg.n_layers - 1}.hook_resid_post", lambda x, hook: resid.setdefault("x", x))
+        hook = (hooks.resid_post(prog.model.cfg.n_layers - 1), lambda x, hook: resid.setdefault("x", x))
         with prog.model.hooks(fwd_hooks=[hook]):
             logits = prog.model(tokens)
     ref_logits = ref_resid @ prog.model.W_U.detach()
@@ -372,13 +373,13 @@ def _readable(label: str, graph) -> str:
 
 
 def _ground_truth_circuit(model, directions, name, program, labels, vocab, max_seq_len, bos) -> Circuit:
+    from importlib.metadata import PackageNotFoundError, version
+
     from acdc_lite import __version__
 
     try:
-        from importlib.metadata import version
-
         tracr_version = version("tracr-pypi")
-    except Exception:  # noqa: BLE001 - another tracr distribution
+    except PackageNotFoundError:  # tracr installed some other way
         tracr_version = "unknown"
     task = {"name": f"tracr-{name}", "program": name, "output": program.name, "vocab": sorted(map(str, vocab)),
             "max_seq_len": max_seq_len, "bos": bos}
