@@ -91,8 +91,8 @@ def zoo_list():
 
     for name in zoo.names():
         card = zoo.card(name)
-        heads = ", ".join(f"{h['name']} ({h['class']})" for h in card.get("ground_truth", {}).get("heads", []))
-        typer.echo(f"{name:24s} {card.get('architecture', '?'):20s} {heads}")
+        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
+        typer.echo(f"{name:24s} {heads}")
 
 
 @zoo_app.command("train")
@@ -104,7 +104,7 @@ def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
 
         path = out or ZOO_DIR / name
         _, card = train.train(name, seed=seed, out_dir=path)
-        heads = ", ".join(f"{h['name']} ({h['class']})" for h in card.get("ground_truth", {}).get("heads", []))
+        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
         typer.echo(f"wrote {path}; ground-truth heads: {heads}")
 
     _guard(job)

@@ -1,0 +1,268 @@
+"""Train the zoo's models on CPU with a fixed seed, measure them, and write their directories.
+
+    python -m acdc_lite.zoo.train induction-attn-2l          # re-train and overwrite the zoo directory
+    python -m acdc_lite.zoo.train induction-llama-2l --out some/dir
+
+`train(name, seed)` -> (hooked model, card). Training runs single-threaded, so a seed gives the same
+weights on the same torch build.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from acdc_lite.models import load_model, model_info
+from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
+from acdc_lite.zoo import ZOO_DIR, measure
+from acdc_lite.zoo.data import SegmentRecipe, repeated_random, segment_batch
+
+log = logging.getLogger(__name__)
+
+N_TOKENS = 64  # vocabulary: id 0 is BOS, ids 1..63 are interchangeable random tokens
+CARD_TASK = {"n_examples": 200, "seed": 0}
+CARD_REPEATS = {"n": 100, "half": 20, "seed": 1}
+TOLERANCE = {"accuracy": 0.02, "score": 0.02, "ablation_effect": 0.05}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one zoo model is built and trained."""
+
+    description: str
+    builder: str  # "small" | "llama" | "gpt2"
+    arch: dict  # keyword arguments of the builder
+    steps: int
+    data: SegmentRecipe = field(default_factory=SegmentRecipe)
+    seq_len: int = 48
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 50
+    pos_init_std: float | None = None  # GPT-2: std of the initial position embeddings (default: initializer_range)
+    head_penalty: float = 0.0  # weight of sum over heads of the mean norm of each head's output (group lasso)
+
+
+RECIPES: dict[str, Recipe] = {
+    "induction-attn-2l": Recipe(
+        description="Attention-only 2-layer transformer (learned positions, no LayerNorm) that does induction "
+                    "with a previous-token head in layer 0 and an induction head in layer 1.",
+        builder="small",
+        arch={"n_layers": 2, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 48},
+        steps=1500,
+        data=SegmentRecipe(min_seg=4, max_seg=10, p_gap=0.5, max_gap=12),
+    ),
+    "induction-llama-2l": Recipe(
+        description="2-layer Llama-architecture model (rotary positions, RMSNorm, gated MLP) trained on repeated "
+                    "random segments; previous-token head in layer 0, induction head in layer 1.",
+        builder="llama",
+        arch={"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "intermediate_size": 128},
+        steps=1500,
+        data=SegmentRecipe(min_seg=4, max_seg=10, p_gap=0.5, max_gap=12),
+    ),
+    "induction-gpt2-2l": Recipe(
+        description="2-layer GPT-2-architecture model (learned positions, LayerNorm, MLP) trained on repeated random "
+                    "segments with widely varying gaps between a segment and its copy.",
+        builder="gpt2",
+        arch={"n_layer": 2, "n_head": 4, "n_embd": 64},
+        steps=2000,
+        data=SegmentRecipe(min_seg=4, max_seg=10, p_gap=0.7, max_gap=20),
+    ),
+}
+
+
+def _vocab_words() -> list[str]:
+    return ["<bos>"] + [f"t{i}" for i in range(1, N_TOKENS)]
+
+
+def build_model(recipe: Recipe, name: str) -> nn.Module:
+    """A freshly initialised model (uses torch's global RNG)."""
+    if recipe.builder == "small":
+        cfg = SmallTransformerConfig(d_vocab=N_TOKENS, vocab=_vocab_words(), name=name, **recipe.arch)
+        return SmallTransformer(cfg)
+    if recipe.builder == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=N_TOKENS, max_position_embeddings=recipe.seq_len, bos_token_id=0, eos_token_id=0,
+                          pad_token_id=0, tie_word_embeddings=False, **recipe.arch)
+        return LlamaForCausalLM(cfg)
+    if recipe.builder == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=N_TOKENS, n_positions=recipe.seq_len, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **recipe.arch)
+        model = GPT2LMHeadModel(cfg)
+        if recipe.pos_init_std is not None:
+            with torch.no_grad():
+                model.transformer.wpe.weight.normal_(0.0, recipe.pos_init_std)
+        return model
+    raise ValueError(f"unknown builder {recipe.builder!r}")
+
+
+def _logits_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    if isinstance(model, SmallTransformer):
+        return model
+    return lambda tokens: model(tokens).logits
+
+
+def _head_norm_hooks(model: nn.Module, norms: list[torch.Tensor]) -> list:
+    """Forward hooks appending each layer's per-head mean output norm [heads] to `norms`; returns their handles."""
+    if isinstance(model, SmallTransformer):
+        return [b.attn.hook_result.register_forward_hook(lambda mod, args, out: norms.append(out.norm(dim=-1).mean(dim=(0, 1))))
+                for b in model.blocks]
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    handles = []
+    if cfg.model_type == "llama":
+        projections = [(layer.self_attn.o_proj, lambda w: w.T) for layer in model.model.layers]
+    else:  # gpt2: Conv1D weight is [in, out]
+        projections = [(block.attn.c_proj, lambda w: w) for block in model.transformer.h]
+    for proj, as_in_out in projections:
+        def hook(mod, args, as_in_out=as_in_out):
+            z = args[0].unflatten(-1, (n_heads, -1))  # [b, p, h, d_head]
+            w = as_in_out(mod.weight).unflatten(0, (n_heads, -1))  # [h, d_head, d_model]
+            norms.append(torch.einsum("bphe,hed->bphd", z, w).norm(dim=-1).mean(dim=(0, 1)))
+        handles.append(proj.register_forward_pre_hook(hook))
+    return handles
+
+
+def fit(model: nn.Module, recipe: Recipe, seed: int) -> dict:
+    """Train `model` in place; returns training facts (steps, seconds, final loss)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    forward = _logits_fn(model)
+    norms: list[torch.Tensor] = []
+    handles = _head_norm_hooks(model, norms) if recipe.head_penalty else []
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * max(0.0, 1 - s / recipe.steps) ** 0.5)
+    model.train()
+    start = time.perf_counter()
+    losses = []
+    for step in range(recipe.steps):
+        tokens, weights = segment_batch(recipe.batch_size, recipe.seq_len, N_TOKENS, recipe.data, g)
+        norms.clear()
+        logits = forward(tokens)[:, :-1]
+        loss_tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none")
+        ce = (loss_tok * weights.reshape(-1)).sum() / weights.sum()
+        loss = ce + recipe.head_penalty * torch.stack(norms).sum() if norms else ce
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(ce))
+        if step % 250 == 0 or step == recipe.steps - 1:
+            log.info("step %d loss %.4f", step, float(ce))
+    for h in handles:
+        h.remove()
+    model.eval()
+    return {"steps": recipe.steps, "seconds": round(time.perf_counter() - start, 1),
+            "final_weighted_ce": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
+
+
+def measure_card(model: nn.Module) -> dict:
+    """Task metrics, head scores, ablation effects and the ground-truth heads of a zoo induction model."""
+    induction = measure.builtin_task_module("induction")
+    task = induction.build(model, **CARD_TASK)
+    info = model_info(model)
+    reps = repeated_random(CARD_REPEATS["n"], CARD_REPEATS["half"], info.d_vocab, CARD_REPEATS["seed"])
+    prev = measure.prev_token_scores(model, reps)
+    ind = measure.induction_scores(model, reps, CARD_REPEATS["half"])
+    effects = measure.head_ablation_effects(model, task)
+
+    def r(t):
+        return [[round(float(v), 3) for v in row] for row in t]
+
+    return {
+        "task": {"name": "induction", **CARD_TASK, **{k: round(v, 3) for k, v in measure.task_metrics(model, task).items()}},
+        "ground_truth": measure.classify_heads(prev, ind, effects),
+        "measurement": {
+            "criterion": "a head is ground truth if its attention score >= 0.5 and resample-ablating it alone "
+                         "loses >= 20% of the clean-minus-corrupt logit difference on the induction task",
+            "scores_on": f"{CARD_REPEATS['n']} sequences BOS R R, R = {CARD_REPEATS['half']} random tokens, seed {CARD_REPEATS['seed']}",
+            "previous_token_score": "mean attention from position q to q - 1, q >= 2",
+            "induction_score": "mean attention from a second-copy token to the token after its first occurrence",
+            "ablation_effect": "(clean - patched) / (clean - corrupt) logit difference, one head's output "
+                               "replaced at every position by its output on the corrupted prompt",
+            "previous_token_scores": r(prev),
+            "induction_scores": r(ind),
+            "ablation_effects": r(effects),
+            "tolerance": TOLERANCE,
+        },
+    }
+
+
+def train(name: str, seed: int = 0, out_dir: str | Path | None = None) -> tuple[nn.Module, dict]:
+    """Train zoo model `name` from `seed`; returns the hooked model and its card.
+    With `out_dir`, also writes config.json, model.safetensors and card.json there."""
+    if name not in RECIPES:
+        raise KeyError(f"no recipe for {name!r}; recipes: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        raw = build_model(recipe, name)
+        facts = fit(raw, recipe, seed)
+    finally:
+        torch.set_num_threads(threads)
+    model = load_model(raw if isinstance(raw, SmallTransformer) else copy.deepcopy(raw))
+    info = model_info(model)
+    card = {
+        "name": name,
+        "description": recipe.description,
+        "architecture": {"class": info.architecture, "n_layers": info.n_layers, "n_heads": info.n_heads,
+                         "d_model": info.d_model, "d_vocab": info.d_vocab, "has_mlp": info.has_mlp,
+                         "n_params": sum(p.numel() for p in raw.parameters()), **recipe.arch},
+        "vocabulary": "id 0 is BOS; ids 1-63 are interchangeable random tokens",
+        "training": {"seed": seed, **facts, "batch_size": recipe.batch_size, "seq_len": recipe.seq_len, "lr": recipe.lr,
+                     "weight_decay": recipe.weight_decay, "optimizer": "AdamW, warmup then sqrt decay, grad clip 1.0",
+                     "threads": 1, "data": recipe.data.describe(), "data_recipe": asdict(recipe.data),
+                     "torch": torch.__version__},
+        **measure_card(model),
+    }
+    if out_dir is not None:
+        write(raw, card, out_dir)
+    return model, card
+
+
+def write(raw: nn.Module, card: dict, out_dir: str | Path) -> None:
+    """Save the raw model (SmallTransformer.save or save_pretrained) and card.json into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(raw, SmallTransformer):
+        raw.save(out_dir)
+    else:
+        raw.save_pretrained(out_dir)
+        (out_dir / "generation_config.json").unlink(missing_ok=True)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Re-train a zoo model and write its directory.")
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="output directory (default: the zoo directory)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(args.out) if args.out else ZOO_DIR / args.name
+    _, card = train(args.name, args.seed, out)
+    print(json.dumps({k: card[k] for k in ("training", "task", "ground_truth")}, indent=1))
+    print(json.dumps(card["measurement"]["previous_token_scores"]), json.dumps(card["measurement"]["induction_scores"]))
+    print(json.dumps(card["measurement"]["ablation_effects"]))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
