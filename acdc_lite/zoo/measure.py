@@ -76,39 +76,64 @@ def task_metrics(model: nn.Module, task: Task) -> dict[str, float]:
             "accuracy_corrupt": float(acc(logits_corrupt, idx).mean())}
 
 
+def _corrupt_head_results(model: nn.Module, task: Task) -> tuple[dict[int, torch.Tensor], float, float]:
+    """Every layer's head results [b, p, h, d] on the corrupted prompts, and mean clean / corrupt logit difference."""
+    metric, idx = task.metric("logit_diff"), torch.arange(len(task))
+    results: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def hook(x, hook):
+            results[layer] = x.detach().clone()
+        return hook
+
+    n_layers = model_info(model).n_layers
+    with model.hooks(fwd_hooks=[(hooks.head_result(layer), keep(layer)) for layer in range(n_layers)]):
+        corrupt = float(metric(model(task.corrupt), idx).mean())
+    return results, float(metric(model(task.clean), idx).mean()), corrupt
+
+
+def _patched_metric(model: nn.Module, task: Task, results: dict[int, torch.Tensor], heads: list[tuple[int, int]]) -> float:
+    """Mean logit difference on clean prompts with `heads` [(layer, head)] replaced by their corrupted outputs."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+
+    def make(layer, hs):
+        def patch(x, hook):
+            x = x.clone()
+            x[:, :, hs] = results[layer][:, :, hs]
+            return x
+        return patch
+
+    with model.hooks(fwd_hooks=[(hooks.head_result(layer), make(layer, hs)) for layer, hs in by_layer.items()]):
+        return float(task.metric("logit_diff")(model(task.clean), torch.arange(len(task))).mean())
+
+
 @torch.no_grad()
 def head_ablation_effects(model: nn.Module, task: Task) -> torch.Tensor:
     """[layers, heads]: share of the clean-minus-corrupt logit difference lost when one head's output
     (at every position) is replaced by its output on the corrupted prompt (resample ablation)."""
     info = model_info(model)
-    metric = task.metric("logit_diff")
-    idx = torch.arange(len(task))
-    corrupt_results: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(x, hook):
-            corrupt_results[layer] = x.detach().clone()
-        return hook
-
-    with model.hooks(fwd_hooks=[(hooks.head_result(layer), keep(layer)) for layer in range(info.n_layers)]):
-        corrupt = float(metric(model(task.corrupt), idx).mean())
-    clean = float(metric(model(task.clean), idx).mean())
+    results, clean, corrupt = _corrupt_head_results(model, task)
     effects = torch.zeros(info.n_layers, info.n_heads)
     for layer in range(info.n_layers):
         for head in range(info.n_heads):
-            def patch(x, hook, layer=layer, head=head):
-                x = x.clone()
-                x[:, :, head] = corrupt_results[layer][:, :, head]
-                return x
-
-            with model.hooks(fwd_hooks=[(hooks.head_result(layer), patch)]):
-                patched = float(metric(model(task.clean), idx).mean())
-            effects[layer, head] = (clean - patched) / (clean - corrupt)
+            effects[layer, head] = (clean - _patched_metric(model, task, results, [(layer, head)])) / (clean - corrupt)
     return effects
 
 
+@torch.no_grad()
+def joint_ablation_effect(model: nn.Module, task: Task, heads: list[str]) -> float:
+    """Share of the clean-minus-corrupt logit difference lost when all `heads` ("a0.h1", ...) are resample-ablated together."""
+    from acdc_lite.graph import Node
+
+    nodes = [Node.parse(h) for h in heads]
+    results, clean, corrupt = _corrupt_head_results(model, task)
+    return (clean - _patched_metric(model, task, results, [(n.layer, n.head) for n in nodes])) / (clean - corrupt)
+
+
 def classify_heads(prev: torch.Tensor, induction: torch.Tensor, effects: torch.Tensor,
-                   min_score: float = 0.5, min_effect: float = 0.2) -> list[dict]:
+                   min_score: float = 0.5, min_effect: float = 0.1) -> list[dict]:
     """Ground-truth heads: attention score >= min_score AND ablation effect >= min_effect."""
     out = []
     for layer in range(prev.shape[0]):
