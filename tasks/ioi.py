@@ -1,0 +1,134 @@
+"""Indirect object identification (Wang et al. 2022): "When Mary and John went to the store, John gave a drink to" -> " Mary".
+
+Templates come in ABBA order (IO first) and BABA order (subject first). The corrupted prompt is
+the "ABC" prompt: the same template and place and object, with the three name slots filled by
+three other distinct names, so no name is repeated and the IO is not identifiable. Metric: logit
+difference IO - S at the last position.
+
+Works with BPE tokenizers in which the names, places and objects are single tokens after a space
+(GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them
+(the zoo's `ioi-small`). Only templates that tokenize to the most common prompt length are used,
+so every prompt has the same length. Anything else raises TaskError saying what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+
+import torch
+from torch import nn
+
+from acdc_lite.task import Task, TaskError, Vocabulary
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = "IOI: 'When Mary and John went to the store, John gave a drink to' -> Mary; ABC corruption; logit diff IO - S"
+
+NAMES = ["Mary", "John", "Tom", "James", "Dan", "Sarah", "Paul", "Mark", "David", "Michael", "Anna", "Kate",
+         "Lisa", "Emma", "Alice", "Bob", "Jack", "Sam", "Max", "Ben", "Peter", "Jane", "Susan", "Steve",
+         "Mike", "Chris", "Ryan", "Adam", "Luke", "Rachel", "Laura", "Amy"]
+PLACES = ["store", "park", "school", "office", "house", "station", "restaurant", "hospital", "garden",
+          "market", "beach", "church", "library"]
+OBJECTS = ["ring", "book", "drink", "bone", "ball", "computer", "snack", "letter", "gift", "key", "bag",
+           "phone", "cup"]
+
+# Word-level spelling: one token per space-separated word. {A} is the first name, {B} the second;
+# the subject S is the name that is repeated, the indirect object IO the other one.
+TEMPLATES = [
+    "When {A} and {B} went to the {P} , {S} gave a {O} to",
+    "After {A} and {B} went to the {P} , {S} gave a {O} to",
+    "While {A} and {B} were at the {P} , {S} handed a {O} to",
+    "When {A} and {B} arrived at the {P} , {S} gave a {O} to",
+    "After {A} and {B} went to the {P} , {S} passed a {O} to",
+    "Once {A} and {B} got to the {P} , {S} offered a {O} to",
+]
+
+MIN_NAMES, MIN_PLACES, MIN_OBJECTS = 8, 3, 3
+
+
+def _text(template: str, word_level: bool, **slots: str) -> str:
+    text = template.format(**slots)
+    if word_level:
+        return text
+    return re.sub(r" ([,.])", r"\1", text)  # "store , John" -> "store, John" for BPE tokenizers
+
+
+def _single(vocab: Vocabulary, word: str, word_level: bool) -> int | None:
+    try:
+        ids = vocab.encode(word if word_level else " " + word)
+    except TaskError:
+        return None
+    return ids[0] if len(ids) == 1 else None
+
+
+def _usable(vocab: Vocabulary, words: list[str], word_level: bool, minimum: int, what: str) -> dict[str, int]:
+    ids = {w: i for w in words if (i := _single(vocab, w, word_level)) is not None}
+    if len(ids) < minimum:
+        raise TaskError(f"ioi needs at least {minimum} {what} that are single tokens in this model's vocabulary, "
+                        f"found {len(ids)} ({', '.join(ids) or 'none'}); IOI supports GPT-2-style BPE tokenizers "
+                        "and word-level vocabularies that contain its word lists (e.g. the zoo's ioi-small)")
+    return ids
+
+
+def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
+    """The IOI task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
+    try:
+        vocab = Vocabulary.of(model)
+    except TaskError as e:
+        raise TaskError("ioi needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+    word_level = vocab.words is not None
+    names = _usable(vocab, NAMES, word_level, MIN_NAMES, "names")
+    places = list(_usable(vocab, PLACES, word_level, MIN_PLACES, "places"))
+    objects = list(_usable(vocab, OBJECTS, word_level, MIN_OBJECTS, "objects"))
+    bos = vocab.bos
+
+    def encode(text: str) -> list[int]:
+        try:
+            ids = vocab.encode(text)
+        except TaskError:
+            return []
+        return ([bos] if bos is not None else []) + ids
+
+    # keep the templates of the most common length, with the first usable fillers
+    a, b, p, o = list(names)[0], list(names)[1], places[0], objects[0]
+    lengths = {t: len(encode(_text(t, word_level, A=a, B=b, S=b, P=p, O=o))) for t in TEMPLATES}
+    lengths = {t: n for t, n in lengths.items() if n > 0}
+    if not lengths:
+        raise TaskError("ioi: none of the templates can be written in this model's vocabulary")
+    counts: dict[int, int] = {}
+    for n in lengths.values():
+        counts[n] = counts.get(n, 0) + 1
+    seq_len = max(counts, key=lambda n: (counts[n], -n))
+    templates = [t for t in TEMPLATES if lengths.get(t) == seq_len]
+    if len(templates) < len(TEMPLATES):
+        log.info("ioi: using %d of %d templates (those of %d tokens)", len(templates), len(TEMPLATES), seq_len)
+
+    rng = random.Random(seed)
+    rows = []
+    attempts = 0
+    while len(rows) < n_examples:
+        attempts += 1
+        if attempts > 20 * n_examples + 100:
+            raise TaskError("ioi: could not build prompts of equal length for clean and corrupted runs in this vocabulary")
+        template = templates[rng.randrange(len(templates))]
+        io, s, x, y, z = rng.sample(list(names), 5)
+        order = rng.choice(("ABBA", "BABA"))
+        first, second = (io, s) if order == "ABBA" else (s, io)
+        place, obj = rng.choice(places), rng.choice(objects)
+        clean = encode(_text(template, word_level, A=first, B=second, S=s, P=place, O=obj))
+        corrupt = encode(_text(template, word_level, A=x, B=y, S=z, P=place, O=obj))
+        if len(clean) != seq_len or len(corrupt) != seq_len:
+            continue  # a name merged with its neighbour under this tokenizer
+        rows.append((clean, corrupt, names[io], names[s], template, order))
+    return Task(
+        name="ioi",
+        clean=torch.tensor([r[0] for r in rows]),
+        corrupt=torch.tensor([r[1] for r in rows]),
+        answers=torch.tensor([[r[2]] for r in rows]),
+        foils=torch.tensor([[r[3]] for r in rows]),
+        default_metric="logit_diff",
+        info={"seed": seed, "templates": templates, "orders": ["ABBA", "BABA"], "corruption": "ABC (three other names)",
+              "bos": bos is not None},
+    )
