@@ -19,15 +19,12 @@ class SegmentRecipe:
     p_gap: float = 0.0  # probability that a copy comes after a gap instead of at once
     max_gap: int = 0  # gap length is uniform in 1..max_gap
     unpredictable_weight: float = 0.1  # loss weight of positions whose next token is not a copy
-    p_skip_chain: float = 0.0  # probability that a sequence is a skip chain instead: x[t + 1] = P(x[t - 1])
 
     def describe(self) -> str:
         gap = f", with probability {self.p_gap} after a gap of 1-{self.max_gap} random tokens" if self.p_gap else " at once"
-        chain = (f"; a share {self.p_skip_chain} of sequences are skip chains x[t+1] = P(x[t-1]) for a fixed "
-                 "permutation P of the token ids (a pressure toward an exact previous-token head)") if self.p_skip_chain else ""
         return (f"BOS then random segments of {self.min_seg}-{self.max_seg} tokens, each repeated{gap}; "
                 f"loss weight 1 on predictable next tokens (copy tokens after the first), "
-                f"{self.unpredictable_weight} elsewhere{chain}")
+                f"{self.unpredictable_weight} elsewhere")
 
 
 def segment_batch(n: int, seq_len: int, n_tokens: int, recipe: SegmentRecipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,13 +32,7 @@ def segment_batch(n: int, seq_len: int, n_tokens: int, recipe: SegmentRecipe, g:
     tokens = torch.randint(1, n_tokens, (n, seq_len), generator=g)
     tokens[:, 0] = 0
     weights = torch.full((n, seq_len - 1), recipe.unpredictable_weight)
-    chains = torch.rand(n, generator=g) < recipe.p_skip_chain
     for i in range(n):
-        if chains[i]:
-            for t in range(2, seq_len - 1):
-                tokens[i, t + 1] = skip_chain_next(int(tokens[i, t - 1]), n_tokens)
-            weights[i, 2:] = 1.0
-            continue
         pos = 1
         while pos < seq_len:
             seg = int(torch.randint(recipe.min_seg, recipe.max_seg + 1, (1,), generator=g))
@@ -57,11 +48,6 @@ def segment_batch(n: int, seq_len: int, n_tokens: int, recipe: SegmentRecipe, g:
                     weights[i, copy + j - 1] = 1.0
             pos = copy + seg
     return tokens, weights
-
-
-def skip_chain_next(token: int, n_tokens: int) -> int:
-    """The fixed permutation P of ids 1..n_tokens-1 used by skip chains."""
-    return 1 + ((token - 1) * 17 + 5) % (n_tokens - 1)
 
 
 def repeated_random(n: int, half: int, n_tokens: int, seed: int, bos: int | None = 0) -> torch.Tensor:
