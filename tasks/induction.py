@@ -1,7 +1,8 @@
 """Induction: finish a repeated segment of random tokens.
 
 Each prompt is BOS, random filler, a segment A of 3-6 random tokens, more filler, and then the
-first m tokens of A again at the very end; the answer is A[m]. Segment length, m and the gap between
+first m tokens of A again at the very end; the answer is A[m]. No token occurs twice except the
+repeated part of A. Segment length, m and the gap between
 the two occurrences vary from prompt to prompt, so neither a fixed positional offset nor unigram
 statistics can predict the answer: the model needs a previous-token head and an induction head.
 The corrupted prompt replaces the earlier occurrence of A with other random tokens (same length).
@@ -57,8 +58,8 @@ def make_prompts(pool: list[int], bos: int | None, n: int, seed: int, seq_len: i
     """Induction prompts drawn from `pool`: clean, corrupt [n, seq_len]; answers, foils [n, 1];
     seg_len, prefix_len, gap [n] (the segment, how much of it is repeated at the end, tokens in between)."""
     first = 0 if bos is None else 1
-    if len(pool) < 2 * seq_len + 2 * max_seg:
-        raise TaskError(f"induction needs at least {2 * seq_len + 2 * max_seg} distinct tokens; this vocabulary has {len(pool)}")
+    if len(pool) < seq_len + 2 * max_seg:
+        raise TaskError(f"induction needs at least {seq_len + 2 * max_seg} distinct tokens; this vocabulary has {len(pool)}")
     if seq_len - first < 2 * max_seg + 2:
         raise TaskError(f"induction prompts of {seq_len} tokens are too short for segments of up to {max_seg} tokens")
     g = torch.Generator().manual_seed(seed)
@@ -70,10 +71,9 @@ def make_prompts(pool: list[int], bos: int | None, n: int, seed: int, seq_len: i
         room = seq_len - first - seg_len - prefix_len  # filler tokens to place before A and in the gap
         gap = int(torch.randint(0, room + 1, (1,), generator=g))
         start = seq_len - prefix_len - gap - seg_len  # position of A's first occurrence
-        # distinct tokens: the segment, its replacement in the corrupted prompt, then filler
+        # all distinct: the segment, its replacement in the corrupted prompt, the filler
         perm = pool_t[torch.randperm(len(pool_t), generator=g)]
-        seg, other, rest = perm[:seg_len], perm[seg_len:2 * seg_len], perm[2 * seg_len:]
-        filler = rest[torch.randint(0, len(rest), (seq_len,), generator=g)]
+        seg, other, filler = perm[:seg_len], perm[seg_len:2 * seg_len], perm[2 * seg_len:2 * seg_len + seq_len]
         clean = filler.clone()
         if bos is not None:
             clean[0] = bos
@@ -82,7 +82,7 @@ def make_prompts(pool: list[int], bos: int | None, n: int, seed: int, seq_len: i
         corrupt = clean.clone()
         corrupt[start:start + seg_len] = other
         filler_pos = [p for p in range(first, seq_len) if p < start or start + seg_len <= p < seq_len - prefix_len]
-        foil = clean[filler_pos[int(torch.randint(0, len(filler_pos), (1,), generator=g))]] if filler_pos else rest[0]
+        foil = clean[filler_pos[int(torch.randint(0, len(filler_pos), (1,), generator=g))]] if filler_pos else filler[-1]
         for key, value in (("clean", clean), ("corrupt", corrupt), ("answers", seg[prefix_len:prefix_len + 1]),
                            ("foils", foil.view(1)), ("seg_len", seg_len), ("prefix_len", prefix_len), ("gap", gap)):
             rows[key].append(value)

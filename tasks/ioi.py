@@ -6,8 +6,7 @@ three other distinct names, so no name is repeated and the IO is not identifiabl
 difference IO - S at the last position.
 
 Works with BPE tokenizers in which the names, places and objects are single tokens after a space
-(GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them
-(the zoo's `ioi-small`). Only templates that tokenize to the most common prompt length are used,
+(GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them. Only templates that tokenize to the most common prompt length are used,
 so every prompt has the same length. Anything else raises TaskError saying what is missing.
 """
 
@@ -68,7 +67,7 @@ def _usable(vocab: Vocabulary, words: list[str], word_level: bool, minimum: int,
     if len(ids) < minimum:
         raise TaskError(f"ioi needs at least {minimum} {what} that are single tokens in this model's vocabulary, "
                         f"found {len(ids)} ({', '.join(ids) or 'none'}); IOI supports GPT-2-style BPE tokenizers "
-                        "and word-level vocabularies that contain its word lists (e.g. the zoo's ioi-small)")
+                        "and word-level vocabularies that contain its word lists (tasks/ioi.py)")
     return ids
 
 
