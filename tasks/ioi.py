@@ -6,8 +6,9 @@ three other distinct names, so no name is repeated and the IO is not identifiabl
 difference IO - S at the last position.
 
 Works with BPE tokenizers in which the names, places and objects are single tokens after a space
-(GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them. Only templates that tokenize to the most common prompt length are used,
-so every prompt has the same length. Anything else raises TaskError saying what is missing.
+(GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them.
+Only templates that tokenize to the most common prompt length are used, so every prompt has the
+same length. Anything else raises TaskError saying what is missing.
 """
 
 from __future__ import annotations
