@@ -54,7 +54,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "induction-attn-2l": Recipe(
         description="Attention-only 2-layer transformer (learned positions, no LayerNorm) that does induction "
-                    "with a previous-token head in layer 0 and induction heads in layer 1 (see the card).",
+                    "with a previous-token head in layer 0 and induction heads in layer 1 (see ground_truth).",
         builder="small",
         arch={"n_layers": 2, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 48},
         steps=2500,
@@ -63,7 +63,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "induction-llama-2l": Recipe(
         description="2-layer Llama-architecture model (rotary positions, RMSNorm, gated MLP) trained on repeated "
-                    "random segments; previous-token head in layer 0, induction heads in layer 1 (see the card).",
+                    "random segments; previous-token head in layer 0, induction heads in layer 1 (see ground_truth).",
         builder="llama",
         arch={"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "intermediate_size": 128},
         steps=1500,
@@ -233,7 +233,8 @@ def train(name: str, seed: int = 0, out_dir: str | Path | None = None) -> tuple[
                          "n_params": sum(p.numel() for p in raw.parameters()), **recipe.arch},
         "vocabulary": "id 0 is BOS; ids 1-63 are interchangeable random tokens",
         "training": {"seed": seed, **facts, "batch_size": recipe.batch_size, "seq_len": recipe.seq_len, "lr": recipe.lr,
-                     "weight_decay": recipe.weight_decay, "optimizer": "AdamW, warmup then sqrt decay, grad clip 1.0",
+                     "weight_decay": recipe.weight_decay,
+                     "head_penalty": recipe.head_penalty, "optimizer": "AdamW, warmup then sqrt decay, grad clip 1.0",
                      "threads": 1, "data": recipe.data.describe(), "data_recipe": asdict(recipe.data),
                      "torch": torch.__version__},
         **measure_card(model),
