@@ -292,3 +292,51 @@ class ModelGraph:
                 attrs["score"] = float(scores[s, r])
             g.add_edge(str(self.senders[s]), str(dst), key=port.value, **attrs)
         return g
+
+
+# ---- mask operations -----------------------------------------------------------------------
+def receiver_nodes(graph: ModelGraph) -> torch.Tensor:
+    """[R] long: index into `graph.nodes` of each receiver column's node."""
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return torch.tensor([index[node] for node, _ in graph.receivers], dtype=torch.long)
+
+
+def connected_mask(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:
+    """Keep only edges on some path input -> ... -> logits: [S, R] bool -> [S, R] bool."""
+    kept = kept.bool() & graph.valid
+    rnode = receiver_nodes(graph)
+    n_nodes, n_senders = len(graph.nodes), graph.n_senders
+    forward = torch.zeros(n_nodes, dtype=torch.bool)
+    forward[0] = True  # input
+    while True:
+        hit = (kept & forward[:n_senders, None]).any(0)
+        new = forward.clone()
+        new[rnode[hit]] = True
+        if torch.equal(new, forward):
+            break
+        forward = new
+    backward = torch.zeros(n_nodes, dtype=torch.bool)
+    backward[graph.nodes.index(LOGITS_NODE)] = True
+    while True:
+        hit = (kept & backward[rnode][None, :]).any(1)
+        new = backward.clone()
+        new[:n_senders] |= hit
+        if torch.equal(new, backward):
+            break
+        backward = new
+    return kept & forward[:n_senders, None] & backward[rnode][None, :]
+
+
+def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
+    """Grouped-query attention: heads of a k/v group share one k and one v input, so an edge into one
+    head's k (v) is an edge into the group's. Returns [.., S, R] with each group's k/v columns OR-ed."""
+    if group <= 1:
+        return kept
+    out = kept.clone()
+    h = graph.n_heads
+    for layer in range(graph.n_layers):
+        for offset in (h, 2 * h):
+            start = layer * graph.receivers_per_layer + offset
+            cols = out[..., start:start + h].unflatten(-1, (h // group, group))
+            out[..., start:start + h] = cols.any(-1, keepdim=True).expand_as(cols).flatten(-2)
+    return out & graph.valid

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
-from acdc_lite.graph import LOGITS_NODE, Edge, ModelGraph, Node, NodeKind
+from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, receiver_nodes, tie_kv_groups
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
 from acdc_lite.task import Task
 
@@ -235,38 +235,6 @@ def _json_clean(x):
 
 
 # ---- graph helpers ---------------------------------------------------------------------------------
-def receiver_nodes(graph: ModelGraph) -> torch.Tensor:
-    """[R] long: index into `graph.nodes` of each receiver column's node."""
-    index = {n: i for i, n in enumerate(graph.nodes)}
-    return torch.tensor([index[node] for node, _ in graph.receivers], dtype=torch.long)
-
-
-def connected_mask(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:
-    """Keep only edges on some path input -> ... -> logits: [S, R] bool -> [S, R] bool."""
-    kept = kept.bool() & graph.valid
-    rnode = receiver_nodes(graph)
-    n_nodes, n_senders = len(graph.nodes), graph.n_senders
-    forward = torch.zeros(n_nodes, dtype=torch.bool)
-    forward[0] = True  # input
-    while True:
-        hit = (kept & forward[:n_senders, None]).any(0)
-        new = forward.clone()
-        new[rnode[hit]] = True
-        if torch.equal(new, forward):
-            break
-        forward = new
-    backward = torch.zeros(n_nodes, dtype=torch.bool)
-    backward[graph.nodes.index(LOGITS_NODE)] = True
-    while True:
-        hit = (kept & backward[rnode][None, :]).any(1)
-        new = backward.clone()
-        new[:n_senders] |= hit
-        if torch.equal(new, backward):
-            break
-        backward = new
-    return kept & forward[:n_senders, None] & backward[rnode][None, :]
-
-
 def node_set(graph: ModelGraph, kept: torch.Tensor) -> set[str]:
     """Names of nodes touched by an edge of `kept` [S, R]."""
     kept = kept.bool() & graph.valid
@@ -282,21 +250,6 @@ def _node_edges(graph: ModelGraph, node: Node) -> torch.Tensor:
         out[graph.senders.index(node)] = True
     cols = [i for i, (n, _) in enumerate(graph.receivers) if n == node]
     out[:, cols] = True
-    return out & graph.valid
-
-
-def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
-    """Grouped-query attention: heads of a k/v group share one k and one v input, so an edge into one
-    head's k (v) is an edge into the group's. Returns [.., S, R] with each group's k/v columns OR-ed."""
-    if group <= 1:
-        return kept
-    out = kept.clone()
-    h = graph.n_heads
-    for layer in range(graph.n_layers):
-        for offset in (h, 2 * h):
-            start = layer * graph.receivers_per_layer + offset
-            cols = out[..., start:start + h].unflatten(-1, (h // group, group))
-            out[..., start:start + h] = cols.any(-1, keepdim=True).expand_as(cols).flatten(-2)
     return out & graph.valid
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from acdc_lite.circuit import Circuit, ModelRef
+from acdc_lite.graph import tie_kv_groups
 from acdc_lite.models import model_info
 from acdc_lite.patching import Ablation
 from acdc_lite.search import acdc, attribution, head_pruning, hybrid, select
@@ -112,7 +113,7 @@ def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_step
     if level == "node":
         dropped = {s for s in range(graph.n_senders) if not kept[s].any()}
         kept = node_mask_to_edges(graph, dropped)
-    kept = prune_dangling(graph, select.tie_kv_groups(graph, kept, group))
+    kept = prune_dangling(graph, tie_kv_groups(graph, kept, group))
     params = {"level": level, "top_n": top_n, "threshold": threshold, "target_faithfulness": target,
               "ig_steps": ig_steps if method == "eap-ig" else None, "ranking": "absolute score"}
     return SearchResult(method=method, params=params, kept=kept, scores=scores, trajectory=[],

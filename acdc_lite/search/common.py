@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from acdc_lite.graph import ModelGraph, NodeKind
+from acdc_lite.graph import ModelGraph, NodeKind, connected_mask
 from acdc_lite.patching import Ablation, EdgePatcher, Metric, ablated_outputs
 from acdc_lite.task import Task
 
@@ -77,31 +77,7 @@ class SearchResult:
 
 def prune_dangling(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:
     """Drop edges that are not on a path from `input` to `logits`: [S, R] bool -> [S, R] bool."""
-    kept = kept.bool() & graph.valid
-    node_of_receiver = [str(node) for node, _ in graph.receivers]
-    senders = [str(n) for n in graph.senders]
-    edges = [(senders[s], node_of_receiver[r]) for s, r in kept.nonzero().tolist()]
-    forward: dict[str, set[str]] = {}
-    backward: dict[str, set[str]] = {}
-    for a, b in edges:
-        forward.setdefault(a, set()).add(b)
-        backward.setdefault(b, set()).add(a)
-
-    def reach(start: str, adj: dict[str, set[str]]) -> set[str]:
-        seen, stack = {start}, [start]
-        while stack:
-            for nxt in adj.get(stack.pop(), ()):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-        return seen
-
-    from_input, to_logits = reach("input", forward), reach("logits", backward)
-    out = torch.zeros_like(kept)
-    for s, r in kept.nonzero().tolist():
-        if senders[s] in from_input and node_of_receiver[r] in to_logits:
-            out[s, r] = True
-    return out
+    return connected_mask(graph, kept)
 
 
 def node_mask_to_edges(graph: ModelGraph, removed_nodes: set[int]) -> torch.Tensor:

@@ -59,17 +59,3 @@ def until_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.9
         else:
             lo = mid + 1
     return mask(hi)
-
-
-def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
-    """Grouped-query attention shares k/v inputs: keep a k/v edge for every head of a group if any has it."""
-    if group <= 1:
-        return kept
-    kept = kept.clone()
-    h = graph.n_heads
-    for layer in range(graph.n_layers):
-        for offset in (h, 2 * h):
-            start = layer * graph.receivers_per_layer + offset
-            cols = kept[:, start:start + h].unflatten(1, (h // group, group))
-            kept[:, start:start + h] = cols.any(dim=2, keepdim=True).expand_as(cols).flatten(1)
-    return kept & graph.valid
