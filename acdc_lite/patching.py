@@ -87,12 +87,37 @@ def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.T
 
 
 @dataclass
+class _Correction:
+    """What to subtract from the inputs of one hook's receiver columns: `base` [C*b, p, 1, d] (or None) from
+    every column, plus `values` [C*b, p, k, d] from the columns `columns` [k] (sorted)."""
+
+    base: torch.Tensor | None
+    columns: torch.Tensor
+    values: torch.Tensor
+
+    def subtract(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """x [C*b, p, n, d], the input of columns lo..hi, corrected. With grouped-query attention n is the
+        number of k/v groups: a group's input moves by the mean of its heads' corrections."""
+        group = (hi - lo) // x.shape[2]
+        a, b = torch.searchsorted(self.columns, torch.tensor([lo, hi])).tolist()
+        out = x if self.base is None else x - self.base
+        if a == b:
+            return out
+        values, index = self.values[:, :, a:b], (self.columns[a:b] - lo) // group
+        if group == 1 and b - a == x.shape[2]:
+            return out - values
+        if out is x:
+            return x.index_add(2, index, values, alpha=-1 / group)
+        return out.index_add_(2, index, values, alpha=-1 / group)
+
+
+@dataclass
 class _Pass:
     """State of one patched forward pass over a chunk of examples (C candidates x b examples)."""
 
     removed: torch.Tensor  # [C, S, R] float: 1 - kept, zero outside valid edges
     n_candidates: int
-    deltas: torch.Tensor | None = None  # [C, b*p, S, d]: D_s of every sender, filled as senders fire
+    deltas: torch.Tensor | None = None  # [C, S, b*p, d]: D_s of every sender, filled as senders fire
     collect: bool = False  # keep receiver inputs for a backward pass
     receiver_inputs: dict[int, torch.Tensor] | None = None  # first receiver column -> patched input
     resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
@@ -144,14 +169,35 @@ class EdgePatcher:
                     raise ValueError(f"layer {layer}: heads sharing a k/v group (size {self.kv_group}) need equal k/v masks")
 
     # ---- hooks ----------------------------------------------------------------------------
-    def _correction(self, st: _Pass, cols: slice, n_senders: int, b: int, p: int, d: int) -> torch.Tensor | None:
-        """sum_s removed[s, r] * D_s for receivers `cols`: [C*b, p, n_cols, d], or None if all zero."""
-        w = st.removed[:, :n_senders, cols]
-        if not bool(w.any()):
+    def _correction(self, st: _Pass, cols: slice, n_senders: int, b: int, p: int, d: int) -> _Correction | None:
+        """sum_s removed[s, r] * D_s for the receiver columns `cols` of one hook, or None if nothing is removed.
+
+        All of the first `n_senders` senders feed every receiver in `cols`, so the sum also equals
+        sum_s D_s - sum_s (1 - removed[s, r]) * D_s. Whichever form has fewer senders with a non-zero
+        weight is used, and only those senders' rows of D and those receivers' columns are touched:
+        a circuit keeps few edges and an ACDC step removes few, so both cost far less than the dense product.
+        """
+        w = st.removed[:, :n_senders, cols]  # [C, S', n_cols]
+        removing = w.any(dim=2).any(dim=0)  # [S'] senders with a removed edge here, in any candidate
+        keeping = (w < 1).any(dim=2).any(dim=0)
+        n_removing, n_keeping = int(removing.sum()), int(keeping.sum())
+        if n_removing == 0:
             return None
-        # [C, 1, n_cols, S'] @ [C, b*p, S', d]: one batched matmul over positions, no copies of D
-        corr = torch.matmul(w.transpose(1, 2)[:, None], st.deltas[:, :, :n_senders])
-        return corr.view(-1, p, corr.shape[2], d)
+        c = w.shape[0]
+        deltas = st.deltas[:, :n_senders].reshape(c, n_senders, -1)  # [C, S', b*p*d], a view
+        base = None
+        if n_keeping < n_removing:
+            base = deltas.sum(dim=1).view(c * b, p, 1, d)
+            w, rows = -(1 - w), keeping  # the correction is base minus the kept senders' sum
+        else:
+            rows = removing
+        columns = w.any(dim=1).any(dim=0).nonzero()[:, 0]  # [k] receivers with a non-zero weight
+        if not bool(rows.all()):
+            index = rows.nonzero()[:, 0]
+            w, deltas = w[:, index], deltas[:, index]
+        values = torch.bmm(w[:, :, columns].transpose(1, 2), deltas)  # [C, k, b*p*d]
+        values = values.view(c, -1, b, p, d).permute(0, 2, 3, 1, 4).reshape(c * b, p, -1, d)  # a view when C = 1
+        return _Correction(base, columns, values)
 
     def _hooks(self, st: _Pass, start_layer: int) -> list:
         g = self.graph
@@ -169,9 +215,9 @@ class EdgePatcher:
                 cb, p, n, d = x4.shape
                 c = st.n_candidates
                 delta = x4.view(c, cb // c, p, n, d) - st.ablated[i]
-                if st.deltas is None:
-                    st.deltas = x4.new_zeros(c, (cb // c) * p, g.n_senders, d)
-                st.deltas[:, :, group.start:group.start + n] = delta.view(c, -1, n, d)
+                if st.deltas is None:  # every slot is written by its sender before any receiver reads it
+                    st.deltas = x4.new_empty(c, g.n_senders, (cb // c) * p, d)
+                st.deltas[:, group.start:group.start + n] = delta.view(c, -1, n, d).transpose(1, 2)
                 return x
             return hook
 
@@ -179,30 +225,30 @@ class EdgePatcher:
             if max(group.layer, 0) >= start_layer:  # the input (layer -1) fires in block 0
                 fwd.append((group.hook, sender_hook(i, group)))
 
-        def patched(x: torch.Tensor, corr: torch.Tensor | None, col: int) -> torch.Tensor:
-            out = x if corr is None else x - corr
+        def patched(x: torch.Tensor, corr: _Correction | None, col: int, lo: int, hi: int) -> torch.Tensor:
+            if corr is None:
+                out = x
+            elif x.dim() == 3:  # a single receiver (MLP, logits): [C*b, p, d]
+                out = corr.subtract(x[:, :, None], lo, hi)[:, :, 0]
+            else:
+                out = corr.subtract(x, lo, hi)
             if st.collect:
                 # a receiver's own tensor, so its gradient is only the path through this receiver
-                out = out if corr is not None else out.clone()
+                out = out.clone() if out is x else out
                 st.receiver_inputs[col] = out
             return out
 
         def attn_hooks(layer: int):
             first = layer * g.receivers_per_layer
-            cache: dict[str, torch.Tensor | None] = {}
+            cache: dict[str, _Correction | None] = {}
 
             def make(port_index: int, port: str):
                 def hook(x, hook):
                     if port_index == 0:  # q fires first: compute q, k and v corrections at once
                         cb, p, _, d = x.shape
-                        corr = self._correction(st, slice(first, first + 3 * h), g.n_senders_before(first), cb // st.n_candidates, p, d)
-                        cache["qkv"] = corr
-                    corr = cache["qkv"]
-                    if corr is not None:
-                        corr = corr[:, :, port_index * h:(port_index + 1) * h]
-                        if x.shape[2] != h:  # grouped-query k/v input
-                            corr = corr.unflatten(2, (x.shape[2], h // x.shape[2])).mean(dim=3)
-                    return patched(x, corr, first + port_index * h)
+                        cache["qkv"] = self._correction(st, slice(first, first + 3 * h), g.n_senders_before(first),
+                                                        cb // st.n_candidates, p, d)
+                    return patched(x, cache["qkv"], first + port_index * h, port_index * h, (port_index + 1) * h)
                 return hook
 
             return [(hooks.head_input(layer, port), make(i, port)) for i, port in enumerate("qkv")]
@@ -211,7 +257,7 @@ class EdgePatcher:
             def hook(x, hook):
                 cb, p, d = x.shape
                 corr = self._correction(st, slice(col, col + 1), g.n_senders_before(col), cb // st.n_candidates, p, d)
-                return patched(x, None if corr is None else corr[:, :, 0], col)
+                return patched(x, corr, col, 0, 1)
             return hook
 
         def resid_hook(layer: int):
@@ -238,8 +284,8 @@ class EdgePatcher:
         if start_layer > 0:
             chunk = prefix.chunks[idx.start]
             n_before = 1 + start_layer * self.graph.senders_per_layer
-            st.deltas = chunk.deltas.new_zeros(c, *chunk.deltas.shape[1:])
-            st.deltas[:, :, :n_before] = chunk.deltas[:, :, :n_before]
+            st.deltas = chunk.deltas.new_empty(c, *chunk.deltas.shape[1:])
+            st.deltas[:, :n_before] = chunk.deltas[:, :n_before]
             resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
                 logits = self.model(tokens.repeat(c, 1), start_at_layer=start_layer, resid=resid)
@@ -338,26 +384,27 @@ class EdgePatcher:
                     if gr is not None:
                         summed[col] = gr / ig_steps + summed.get(col, 0)
             total += float(values.detach().sum())  # the last step is the clean input
-            deltas = st.deltas.detach()[0]  # [b*p, S, d]
+            deltas = st.deltas.detach()[0]  # [S, b*p, d]
             for col, gr in summed.items():
-                width = g.n_heads if gr.dim() == 4 else 1
-                grad[:, col:col + width] += self._edge_grads(deltas, gr)
+                width, n_before = (g.n_heads if gr.dim() == 4 else 1), g.n_senders_before(col)
+                grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32)
 
     def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
-        """<D_s, grad at receiver> for the receivers of one hook: deltas [b*p, S, d] -> [S, n_cols] (float64)."""
+        """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64)."""
         if gr.dim() == 3:
             gr = gr[:, :, None]
         b, p, n, d = gr.shape
         if n > 1 and n != self.graph.n_heads:
             # grouped k/v input: each head's receiver moves the group's input by 1/group of its correction
             gr = gr.repeat_interleave(self.kv_group, dim=2) / self.kv_group
-        return torch.einsum("xsd,xnd->sn", deltas, gr.reshape(b * p, -1, d)).double()
+        cols = gr.reshape(b * p, -1, d).transpose(0, 1).reshape(-1, b * p * d)  # [n_cols, b*p*d]
+        return (deltas.reshape(deltas.shape[0], -1) @ cols.T).double()
 
 
 @dataclass
 class _PrefixChunk:
-    deltas: torch.Tensor  # [1, b*p, S, d]
+    deltas: torch.Tensor  # [1, S, b*p, d]
     resid_pre: dict[int, torch.Tensor]
 
 

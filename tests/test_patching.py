@@ -106,14 +106,26 @@ def test_mask_gradient_matches_finite_difference(any_model, prompts):
     assert (grad[~graph.valid] == 0).all()
 
 
-def test_candidate_batch_equals_separate_passes(small_model, prompts):
+def test_candidate_batch_equals_separate_passes(any_model, prompts):
+    """Alone, a sparse circuit is corrected through its kept edges and a near-full one through its removed
+    edges; batched with the full and empty masks, every candidate goes through the dense product."""
+    from acdc_lite import model_info
+    from acdc_lite.graph import tie_kv_groups
+
+    _, model = any_model
     clean, corrupt = prompts
-    graph = ModelGraph.from_model(small_model)
-    patcher = EdgePatcher(small_model, graph, clean, ablated_outputs(small_model, graph, corrupt))
-    masks = torch.stack([graph.full_mask(), graph.empty_mask(), graph.valid & (torch.rand(graph.valid.shape) < 0.5)])
+    graph = ModelGraph.from_model(model)
+    patcher = EdgePatcher(model, graph, clean, ablated_outputs(model, graph, corrupt), batch_size=3)
+    group = model_info(model).n_heads // model_info(model).n_kv_heads
+    rand = torch.rand(graph.valid.shape, generator=torch.Generator().manual_seed(2))
+    rand[0] = 0  # keep the input's edges: under resampling, a sender cut off from the input has no effect
+    masks = torch.stack([graph.full_mask(), graph.empty_mask()] +
+                        [tie_kv_groups(graph, graph.valid & (rand < share), group) for share in (0.05, 0.5, 0.8)])
     together = patcher.evaluate(masks, last_logit_diff)
     apart = torch.stack([patcher.evaluate(m, last_logit_diff)[0] for m in masks])
-    assert torch.allclose(together, apart, atol=1e-5)
+    assert torch.allclose(together, apart, atol=1e-4)
+    # the sparse and near-full circuits really differ from the empty and full ones
+    assert (together[2] - together[1]).abs() > 1e-4 and (together[4] - together[0]).abs() > 1e-4
 
 
 def test_suffix_recompute_equals_full_pass(small_model, prompts):
