@@ -138,6 +138,8 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
 
     - `SmallTransformer` or a directory it saved: used as is.
     - Hugging Face `PreTrainedModel` (in memory) or a local HF directory: wrapped in a TransformerBridge.
+    - `tracr-<program>` (e.g. tracr-reverse): a compiled RASP program from `acdc_lite.tracr.PROGRAMS`
+      (needs `pip install 'acdc-lite[tracr]'`; compiled once per process).
     - Any other string: a zoo name, else a hub name booted with `TransformerBridge.boot_transformers`.
     """
     if isinstance(spec, SmallTransformer):
@@ -149,9 +151,14 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     if not isinstance(spec, (str, Path)):
         raise ModelLoadError(f"cannot load a model from {type(spec).__name__}; pass a name, a directory or a model")
 
-    from acdc_lite import zoo
+    from acdc_lite import tracr, zoo
 
     name = str(spec)
+    if name.startswith(tracr.PREFIX):
+        try:
+            return _finish(tracr.model_by_name(name), device, dtype)
+        except (ImportError, KeyError) as e:
+            raise ModelLoadError(f"cannot load {name!r}: {e.args[0]}") from e
     if zoo.exists(name):
         return load_model(zoo.model_dir(name), device=device, dtype=dtype)
     path = Path(name).expanduser()

@@ -296,7 +296,8 @@ def builtin_tasks() -> dict[str, str]:
 
 def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, seed: int = 0,
               metric: str | None = None, check: bool = True) -> Task:
-    """A built-in task (see `builtin_tasks()`) or a JSONL file, built for `model`'s tokenizer or vocabulary.
+    """A built-in task (see `builtin_tasks()`), a tracr program's (`tracr-reverse`, ...) or a JSONL file, built
+    for `model`'s tokenizer or vocabulary.
 
     With `check`, token ids are checked against the model's vocabulary and the clean and corrupted
     runs must differ on the metric (otherwise there is nothing to explain).
@@ -308,6 +309,16 @@ def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, 
         raise TaskError(f"n_examples must be at least 1, got {n_examples}")
     registry = tasks.registry()
     name = str(name_or_path)
+    if name.startswith("tracr-"):  # a compiled RASP program's task (acdc_lite.tracr); its model's outputs are not tokens
+        from acdc_lite import tracr
+
+        try:
+            task = tracr.task_by_name(name, model, n_examples=n_examples, seed=seed, metric=metric)
+        except (ImportError, KeyError) as e:
+            raise TaskError(f"cannot build task {name!r}: {e.args[0]}") from e
+        if check:
+            check_signal(model, task)
+        return task
     if name in registry:
         task = registry[name].build(model, n_examples=n_examples, seed=seed)
         if metric:

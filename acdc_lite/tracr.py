@@ -24,16 +24,26 @@ reproduces the model exactly under every ablation.
 Tasks follow the ACDC paper's tracr setup: the clean inputs are BOS + a fixed number of tokens
 (reverse: the 6 permutations of 1 2 3), the corrupted inputs are the same batch permuted with no
 fixed point, and the metric is `l2`: minus the mean over non-BOS positions and output dimensions of
-(logits - clean logits)^2 (ACDC's l2, negated so higher = more clean behaviour). Categorical programs
-also get `match`: the share of non-BOS positions whose argmax equals the clean one.
+(logits - clean logits)^2 (ACDC's l2, negated so higher = more clean behaviour). l2 has zero gradient
+at the clean model, so gradient methods (EAP, HISP) get `proj` instead: the outputs projected onto
+clean - corrupted outputs (1 = clean, 0 = corrupted). Categorical programs also get `match`: the share
+of non-BOS positions whose argmax equals the clean one.
+
+By name: `load_model("tracr-reverse")` and `load_task("tracr-reverse", model)` compile a registered
+program once per process (`program_by_name`). `benchmark` scores every search method against the
+ground truth (edge ROC AUC, precision/recall, faithfulness, cost).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,7 +52,7 @@ import torch
 from acdc_lite import hooks
 from acdc_lite.circuit import Circuit, ModelRef
 from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node, NodeKind, Port
-from acdc_lite.task import Task
+from acdc_lite.task import Task, TaskError
 from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
 
 log = logging.getLogger(__name__)
@@ -133,7 +143,7 @@ class TracrProgram:
         with torch.no_grad():
             logits = self.model(clean)
         answers = logits[:, -1].argmax(-1, keepdim=True) if self.categorical else torch.zeros(n, 1, dtype=torch.long)
-        metrics = {"l2": _l2_metric(self.model)}
+        metrics = {"l2": _l2_metric(self.model), "proj": _proj_metric(self.model)}
         if self.categorical:
             metrics["match"] = _match_metric(self.model)
         return Task(f"tracr-{self.name}", clean, corrupt, answers, default_metric="l2", custom_metrics=metrics,
@@ -169,6 +179,31 @@ def _l2_metric(default_model) -> Callable:
         def metric(logits, idx):
             diff = logits[:, 1:] - ref.to(logits.device)[idx.to(ref.device)]
             return -(diff ** 2).mean(dim=(1, 2))
+        return metric
+    return factory
+
+
+def _proj_metric(default_model) -> Callable:
+    """Factory for `proj`: the outputs projected onto the clean-minus-corrupted outputs, [b].
+
+    Per example <logits - corrupt, clean - corrupt> over non-BOS positions and output dimensions, divided
+    by the task's mean |clean - corrupt|^2: the clean model scores 1 on average, the corrupted inputs 0.
+    Linear, so its gradient at the clean model is not zero (l2's is), which gradient methods need; for
+    categorical outputs it is, up to a constant, the logit difference of the clean and the corrupted value.
+    """
+    def factory(task: Task, model=None):
+        m = model if model is not None else default_model
+        with torch.no_grad():
+            ref, base = m(task.clean)[:, 1:], m(task.corrupt)[:, 1:]
+        direction = ref - base
+        scale = float((direction ** 2).sum(dim=(1, 2)).mean())
+        if scale == 0:
+            raise ValueError(f"task {task.name!r}: the corrupted inputs give the clean outputs; proj is undefined")
+
+        def metric(logits, idx):
+            i = idx.to(ref.device)
+            d, b = direction.to(logits.device)[i], base.to(logits.device)[i]
+            return ((logits[:, 1:] - b) * d).sum(dim=(1, 2)) / scale
         return metric
     return factory
 
@@ -493,3 +528,162 @@ def load_program(name: str) -> TracrProgram:
     spec = PROGRAMS[name]
     return compile_program(spec.build(_rasp()), set(spec.vocab), spec.max_seq_len, name=name, seq_len=spec.seq_len,
                            unique_inputs=spec.unique_inputs, default_examples=spec.default_examples)
+
+
+# ---- by name: load_model("tracr-reverse"), load_task("tracr-reverse", model) ---------------------------
+PREFIX = "tracr-"
+
+
+def program_name(name: str) -> str:
+    """'tracr-reverse' (or 'reverse') -> 'reverse'; KeyError listing the registered names otherwise."""
+    program = str(name).removeprefix(PREFIX)
+    if program not in PROGRAMS:
+        raise KeyError(f"unknown tracr program {name!r}; registered: {', '.join(PREFIX + p for p in PROGRAMS)}")
+    return program
+
+
+@functools.cache
+def _compiled(program: str) -> TracrProgram:
+    return load_program(program)
+
+
+def program_by_name(name: str) -> TracrProgram:
+    """The registered program `name` ('tracr-reverse' or 'reverse'), compiled once per process.
+
+    TracrUnavailable (an ImportError) without tracr, KeyError for an unknown name. The program is shared
+    between callers: do not modify its model (`model_by_name` hands out copies).
+    """
+    _rasp()  # a clear error without tracr, even when the program is cached
+    return _compiled(program_name(name))
+
+
+def model_by_name(name: str) -> SmallTransformer:
+    """A copy of the registered program's converted model (the program is compiled once per process)."""
+    return copy.deepcopy(program_by_name(name).model)
+
+
+def task_by_name(name: str, model, n_examples: int | None = None, seed: int = 0, metric: str | None = None) -> Task:
+    """The registered program's task for `model` (which must be that program's model, from `load_model(name)`).
+
+    n_examples: distinct inputs, at most every input of the task length (default: the program's own count,
+    e.g. the 6 permutations for reverse). metric: the task's default metric (default l2).
+    """
+    prog = program_by_name(name)
+    got = getattr(getattr(model, "cfg", None), "name", None)
+    if got != prog.model.cfg.name:
+        raise TaskError(f"task {PREFIX + prog.name!r} runs on its compiled program: load the model with "
+                        f"load_model({PREFIX + prog.name!r}) (got model {got or type(model).__name__!r})")
+    n = min(n_examples or prog.default_examples, len(prog.all_inputs()))
+    task = prog.make_task(n, seed=seed)
+    return replace(task, default_metric=metric) if metric else task
+
+
+# ---- benchmark: every search method against the ground truth ---------------------------------------------
+SWEEP_FRACTIONS = (0.0,) + tuple(10 ** (k / 4) for k in range(-24, 1))  # ACDC's tau as a share of |m(full) - m(empty)|
+NODE_METHODS = ("head-pruning", "hisp")
+CLEAN_GRADIENT_METHODS = ("eap", "hisp")  # gradients at the clean model only, where l2's is zero
+
+
+def sweep_auc(points: Sequence[tuple[float, float]]) -> float:
+    """ROC AUC of a threshold sweep as the ACDC paper computed it ("pessimistic"): the points (FPR, TPR) plus
+    (0, 0) and (1, 1) make a staircase whose height at x is the best TPR of any point with FPR <= x."""
+    pts = sorted({(float(x), float(y)) for x, y in points} | {(0.0, 0.0), (1.0, 1.0)})
+    area, best = 0.0, 0.0
+    for (x, y), (x_next, _) in zip(pts, pts[1:] + [(1.0, 1.0)], strict=True):
+        best = max(best, y)
+        area += (x_next - x) * best
+    return area
+
+
+def edge_rates(graph: ModelGraph, kept: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """(false positive rate, true positive rate) of the edge set `kept` [S, R] against `truth` [S, R]."""
+    pos, neg = truth & graph.valid, graph.valid & ~truth
+    return float((kept & neg).sum() / neg.sum()), float((kept & pos).sum() / pos.sum())
+
+
+def edge_scores_from_nodes(graph: ModelGraph, scores: torch.Tensor) -> torch.Tensor:
+    """Edge scores [S, R] for a node-level method whose node scores fill their sender rows: an edge scores its
+    weaker endpoint's |score| (`input`, `logits` and unscored nodes: +inf), so a threshold keeps exactly the
+    edges between the nodes it keeps."""
+    node = {}
+    for i, n in enumerate(graph.senders):
+        row = scores[i].abs()
+        row = row[~torch.isnan(row)]
+        node[n] = float(row.max()) if len(row) else math.inf
+    out = torch.full(graph.valid.shape, float("nan"))
+    for e in graph.edges:
+        out[graph.edge_index(e)] = min(node[e.src], node.get(e.dst, math.inf))
+    return out
+
+
+def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | None = None, ablation: str = "zero",
+              metric: str = "l2", gradient_metric: str = "proj", *, sweep: Sequence[float] = SWEEP_FRACTIONS,
+              n_examples: int | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
+    """One row per program x method: each search method (default settings) against the program's ground truth.
+
+    Conventions (the ACDC paper's for tracr): zero ablation, metric l2, each program's default task. EAP and
+    HISP take gradients at the clean model only, where l2's is zero (every score would be 0), so they search
+    on `gradient_metric`; EAP-IG and hybrid (integrated gradients) use `metric`. Faithfulness is always on
+    `metric`. Node methods remove heads and MLPs (include_mlps).
+
+    Edge ROC AUC (`roc_auc`, against the ground truth's edges, over every graph edge):
+    - acdc: ACDC's tau swept over `sweep` x |metric(full) - metric(empty)|, one run per tau, each circuit a
+      (FPR, TPR) point, area by `sweep_auc` (the paper's); its own edge scores give `roc_auc_scores`.
+    - edge-scoring methods: Mann-Whitney AUC of |score| (validate.roc_auc; unscored edges rank last).
+    - node methods: the same over `edge_scores_from_nodes`.
+    - a method without scores: the binary circuit as scores.
+    `roc_auc_binary` is always the binary circuit's (one point, trapezoids: (1 + TPR - FPR) / 2).
+    Cost columns are the default run's; the sweep's cost is in `sweep_*`.
+    """
+    from acdc_lite.patching import EdgePatcher, ablated_outputs
+    from acdc_lite.search import METHODS, search, to_circuit
+    from acdc_lite.validate import ground_truth, roc_auc
+
+    rows = []
+    for name in programs or list(PROGRAMS):
+        prog = program_by_name(name)
+        task = prog.make_task(n_examples, seed=seed)
+        graph = ModelGraph.from_model(prog.model)
+        truth = prog.ground_truth.mask()
+        valid = graph.valid
+        with torch.no_grad():
+            patcher = EdgePatcher(prog.model, graph, task.clean, ablated_outputs(prog.model, graph, task.corrupt, ablation))
+            judge = task.metric(metric, prog.model)
+            full, empty = (float(v) for v in patcher.evaluate(torch.stack([graph.full_mask(), graph.empty_mask()]), judge))
+        for method in methods or METHODS:
+            search_metric = gradient_metric if method in CLEAN_GRADIENT_METHODS else metric
+            kw = {"include_mlps": True} if method in NODE_METHODS else {}
+            run = functools.partial(search, prog.model, task, method, metric=search_metric, ablation=ablation, seed=seed,
+                                    progress=progress, **kw)
+            started = time.perf_counter()
+            result = run()
+            seconds = time.perf_counter() - started
+            kept = result.kept
+            scores = edge_scores_from_nodes(graph, result.scores) if method in NODE_METHODS else result.scores
+            has_scores = not torch.isnan(scores[valid]).all()
+            circuit = to_circuit(prog.model, task, result, ablation, search_metric, seed)
+            gt = ground_truth(prog.ground_truth, scores if has_scores else kept.float(), circuit)
+            binary = roc_auc(kept[valid].float().numpy(), truth[valid].numpy())
+            row = {"program": name, "method": method, "metric": search_metric, "ablation": ablation,
+                   "graph_edges": graph.n_edges(), "gt_edges": len(prog.ground_truth.edges), "edges": int(kept.sum()),
+                   "roc_auc": gt.edge_auc, "roc_from": "edge scores" if has_scores else "binary circuit",
+                   "roc_auc_scores": gt.edge_auc if has_scores else float("nan"), "roc_auc_binary": binary,
+                   "edge_precision": gt.edges.precision, "edge_recall": gt.edges.recall,
+                   "node_roc_auc": gt.node_auc, "node_precision": gt.nodes.precision, "node_recall": gt.nodes.recall,
+                   "faithfulness": (float(patcher.evaluate(kept, judge)[0]) - empty) / (full - empty),
+                   "forward_passes": result.forward_passes, "backward_passes": result.backward_passes,
+                   "seconds": seconds, "sweep_runs": 0, "sweep_forward_passes": 0.0, "sweep_seconds": 0.0}
+            if method in NODE_METHODS:
+                row["roc_from"] = "node scores (edge: weaker endpoint)"
+            if method == "acdc":
+                gap = abs(result.metric_full - result.metric_empty)
+                started, points, passes = time.perf_counter(), [], 0.0
+                for fraction in sweep:
+                    swept = run(tau=fraction * gap)
+                    points.append(edge_rates(graph, swept.kept, truth))
+                    passes += swept.forward_passes
+                row.update(roc_auc=sweep_auc(points), roc_from=f"tau sweep ({len(sweep)} runs)", sweep_runs=len(sweep),
+                           sweep_forward_passes=passes, sweep_seconds=time.perf_counter() - started)
+            rows.append(row)
+            log.info("%s %s: ROC AUC %.3f (%s), %d edges", name, method, row["roc_auc"], row["roc_from"], row["edges"])
+    return rows
