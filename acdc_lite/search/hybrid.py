@@ -6,9 +6,10 @@
    not, the block is halved and retried (bisection), down to single edges, which are kept when
    their own removal costs tau or more. Most of the graph leaves in a few large blocks.
 3. Boundary sweep: every edge still kept is re-tested with ACDC's rule (remove if the metric drops
-   by less than tau), in ACDC's order (from the output backwards). Each test is speculative on
-   "keep": a batch of candidates removes one edge each from the current circuit, decisions are read
-   in order and the batch is cut at the first removal (which changes the circuit).
+   by less than tau), in ACDC's order (from the output backwards), recomputing only from the
+   receiver's layer on. Each test is speculative on "keep": a batch of candidates removes one edge
+   each from the current circuit, decisions are read in order and the batch is cut at the first
+   removal (which changes the circuit).
 4. Dangling edges are pruned.
 
 Cost: the attribution passes, about log2(E) block tests per kept edge in step 2, and about one test per
@@ -66,6 +67,9 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
 
     position = {r: k for k, r in enumerate(receiver_order(graph))}
     sweep = sorted(kept.nonzero().tolist(), key=lambda e: (position[e[1]], -e[0]))
+    # The sweep runs from the output backwards, so receivers below the one tested still have their
+    # inputs from the circuit as it left the block phase: one recorded prefix serves every test.
+    prefix = ctx.patcher.record_prefix(kept)
     drops = {}
     j = 0
     while j < len(sweep):
@@ -73,7 +77,8 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
         cands = kept[None].repeat(len(chunk), 1, 1)
         for k, (s, r) in enumerate(chunk):
             cands[k, s, r] = False
-        values = ctx.evaluate(cands).tolist()
+        start_layer = min(graph.receiver_layer(r) for _, r in chunk)
+        values = ctx.evaluate(cands, start_layer=min(start_layer, graph.n_layers - 1), prefix=prefix).tolist()
         for k, (s, r) in enumerate(chunk):
             j += 1
             drops[(s, r)] = current - values[k]
