@@ -13,7 +13,8 @@ Cost sits near its floor: the corrupted activations are cached once, and every t
 only the layers from the receiver's on (the layers below are still the full model's, since they are
 visited later). Tests run in speculative batches that are exact: candidates k = 1..C remove the
 first k untested edges cumulatively; decisions are read in order up to the first kept edge, and the
-rest of the batch is discarded. A checkpoint (JSON) is written every `checkpoint_every` decisions
+rest of the batch is discarded. C doubles after a batch of removals (up to `batch`) and falls back to
+1 after a kept edge, so little is wasted where edges matter. A checkpoint (JSON) is written every `checkpoint_every` decisions
 and on interruption; resuming from it gives the identical circuit.
 """
 
@@ -86,6 +87,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
     prefix = patcher.record_prefix(graph.full_mask())  # layers below the visited receiver stay full
     current = float(ctx.evaluate(kept))
     decisions_since_save = 0
+    floor = 0.0  # one suffix pass per tested edge: what ACDC cannot do with less
     order = [r for r in receiver_order(graph) if r not in set(done_receivers)]
     bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
                desc="ACDC edges", disable=not config.progress, unit="edge")
@@ -97,9 +99,9 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                 bar.update(graph.n_senders_before(receiver))
             else:
                 start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
-                i = 0
+                i, size = 0, 1
                 while i < len(senders):
-                    chunk = senders[i:i + config.batch]
+                    chunk = senders[i:i + size]
                     cands = kept[None].repeat(len(chunk), 1, 1)
                     for k, s in enumerate(chunk):
                         cands[k:, s, receiver] = False
@@ -107,6 +109,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                     for k, s in enumerate(chunk):
                         drop = current - values[k]
                         scores[s, receiver] = drop
+                        floor += (graph.n_layers - start_layer) / graph.n_layers
                         i += 1
                         decisions_since_save += 1
                         if drop < config.tau:
@@ -114,6 +117,8 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                             current = values[k]
                         else:
                             break  # later candidates assumed this edge removed: re-test them
+                    # speculate further after removals, less after a kept edge (the rest of its batch was wasted)
+                    size = min(2 * size, config.batch) if drop < config.tau else 1
                 bar.update(graph.n_senders_before(receiver))
             done_receivers.append(receiver)
             trajectory.append({"receiver": str(graph.receivers[receiver][0]) + f"<{graph.receivers[receiver][1].value}>",
@@ -136,6 +141,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         kept=kept, scores=scores, trajectory=trajectory, forward_passes=patcher.forward_passes,
         backward_passes=patcher.backward_passes, seconds=ctx.seconds(), metric_full=metric_full,
         metric_empty=float(ctx.evaluate(graph.empty_mask())), metric_circuit=float(ctx.evaluate(kept)),
+        stats={"tested_edges": int((~scores.isnan()).sum()), "floor_forward_passes": floor},
     )
 
 

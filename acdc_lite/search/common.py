@@ -51,6 +51,7 @@ class SearchResult:
 
     kept: [S, R] bool; scores: [S, R] float (higher = more important to the clean behaviour, signed),
     NaN for edges the method did not score. trajectory: one dict per step (metric, edges, passes).
+    Passes are in units of one pass over all examples; a pass recomputing layers l.. of L counts (L - l) / L.
     """
 
     method: str
@@ -64,6 +65,7 @@ class SearchResult:
     metric_full: float
     metric_empty: float
     metric_circuit: float
+    stats: dict = field(default_factory=dict)  # method-specific counts, e.g. ACDC's tested edges and pass floor
 
     @property
     def faithfulness(self) -> float:

@@ -1,0 +1,202 @@
+"""Benchmark suites: search methods on models whose circuits are known, tabulated for quality and cost.
+
+Suites (`SUITES`), each a function returning one dict per row:
+- zoo: every shipped zoo model on its card's task; ground truth = the card's heads (node level).
+- tracr: compiled RASP programs with exact edge-level ground truth (`acdc_lite.tracr.benchmark`).
+- gpt2: the published GPT-2 small circuits (IOI, greater-than); needs GPT-2's weights and tokenizer
+  (a hub name or a local directory), otherwise one row saying why it was skipped.
+- scale: EAP and the hybrid on a GPT-2-small-shaped random model (32,491 edges): cost only.
+
+Cost columns: forward / backward passes (in units of one pass over all examples; a suffix pass from
+layer l counts (L - l) / L), seconds, and `x_forward`: seconds divided by the seconds of one plain
+forward pass of the same model over the same examples, measured in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from acdc_lite.circuit import write_atomic
+from acdc_lite.graph import ModelGraph
+from acdc_lite.search.common import SearchContext, SearchResult
+from acdc_lite.task import Task
+
+ZOO_METHODS = ("acdc", "head-pruning", "hybrid", "eap", "eap-ig", "exact")
+
+
+def plain_forward_seconds(model: nn.Module, tokens: torch.Tensor, batch_size: int = 32, repeats: int = 3) -> float:
+    """Median seconds of one plain forward pass over `tokens` [B, P] in chunks of `batch_size`."""
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for i in range(0, len(tokens), batch_size):
+                model(tokens[i:i + batch_size])
+            times.append(time.perf_counter() - start)
+    return sorted(times[1:])[repeats // 2]  # the first run warms up
+
+
+def _heads(names) -> set[str]:
+    return {n for n in names if n.startswith("a")}
+
+
+def search_row(name: str, model: nn.Module, task: Task, method: str, ground_truth_heads: set[str] | None = None,
+               forward_seconds: float | None = None, **kwargs) -> tuple[dict, SearchResult]:
+    """Run one search and describe it: quality (faithfulness on the task's metric, node precision/recall and
+    node ROC AUC against `ground_truth_heads`) and cost."""
+    from acdc_lite.search import search
+    from acdc_lite.validate import node_scores, node_set, precision_recall, roc_auc
+
+    started = time.perf_counter()
+    result = search(model, task, method, progress=False, **kwargs)
+    seconds = time.perf_counter() - started
+    ctx = SearchContext.build(model, task, task.default_metric)  # every method judged on the same metric
+    full, empty = float(ctx.evaluate(ctx.graph.full_mask())), float(ctx.evaluate(ctx.graph.empty_mask()))
+    faithfulness = (float(ctx.evaluate(result.kept)) - empty) / (full - empty)
+    nodes = node_set(ctx.graph, result.kept)
+    row = {"model": name, "task": task.name, "method": method,
+           "graph_edges": ctx.graph.n_edges(), "edges": result.n_edges, "heads": len(_heads(nodes)),
+           "faithfulness": round(faithfulness, 3),
+           "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
+           "seconds": round(seconds, 2)}
+    if forward_seconds:
+        row["x_forward"] = round(seconds / forward_seconds, 1)
+    if "floor_forward_passes" in result.stats:
+        row["x_floor"] = round(result.forward_passes / result.stats["floor_forward_passes"], 2)
+    if ground_truth_heads is not None:
+        pr = precision_recall(_heads(nodes), ground_truth_heads)
+        scores = {k: v for k, v in node_scores(ctx.graph, result.scores).items() if k.startswith("a")}
+        row.update({"node_precision": round(pr.precision, 2), "node_recall": round(pr.recall, 2),
+                    "node_roc_auc": round(roc_auc(list(scores.values()), [k in ground_truth_heads for k in scores]), 3)})
+    return row, result
+
+
+def zoo_suite(models: Sequence[str] | None = None, methods: Sequence[str] = ZOO_METHODS, n_examples: int = 64,
+              seed: int = 0) -> list[dict]:
+    """Each zoo model on its card's task, every method at its default settings."""
+    from acdc_lite import zoo
+    from acdc_lite.models import load_model, model_info
+    from acdc_lite.search import SearchError
+    from acdc_lite.task import load_task
+
+    rows = []
+    for name in models or zoo.names():
+        card = zoo.card(name)
+        model = load_model(name)
+        task = load_task(card["task"]["name"], model, n_examples=n_examples, seed=seed)
+        truth = {h["head"] for h in card.get("ground_truth", [])}
+        forward = plain_forward_seconds(model, task.clean)
+        grouped = model_info(model).n_kv_heads < model_info(model).n_heads
+        for method in methods:
+            try:
+                row, _ = search_row(name, model, task, method, truth, forward, seed=seed)
+            except SearchError as e:
+                row = {"model": name, "task": task.name, "method": method, "skipped": str(e).split(";")[0]}
+                if not grouped:
+                    raise
+            rows.append({"suite": "zoo", **row})
+    return rows
+
+
+def tracr_suite(**kwargs) -> list[dict]:
+    """The tracr programs against their exact ground truth (see `acdc_lite.tracr.benchmark`)."""
+    from acdc_lite import tracr
+
+    return [{**row, "suite": "tracr"} for row in tracr.benchmark(**kwargs)]
+
+
+def gpt2_suite(model: str = "gpt2", n_examples: int = 32, seed: int = 0,
+               methods: Sequence[str] = ("eap", "eap-ig", "hybrid")) -> list[dict]:
+    """The published GPT-2 small circuits (circuits/*.json) as ground truth, when GPT-2 can be loaded."""
+    from acdc_lite.circuit import Circuit
+    from acdc_lite.models import ModelLoadError, load_model
+    from acdc_lite.task import TaskError, load_task
+
+    try:
+        hooked = load_model(model)
+    except ModelLoadError as e:
+        return [{"suite": "gpt2", "model": model, "skipped": f"GPT-2 not available here: {str(e).splitlines()[0]}"}]
+    rows = []
+    references = Path(__file__).resolve().parent.parent / "circuits"
+    for task_name, reference in (("ioi", "ioi_gpt2_wang2022.json"), ("greater-than", "greaterthan_gpt2_hanna2023.json")):
+        try:
+            task = load_task(task_name, hooked, n_examples=n_examples, seed=seed)
+        except TaskError as e:
+            rows.append({"suite": "gpt2", "model": model, "task": task_name, "skipped": str(e)})
+            continue
+        truth = _heads(Circuit.load(references / reference).nodes) if (references / reference).is_file() else None
+        forward = plain_forward_seconds(hooked, task.clean)
+        for method in methods:
+            row, _ = search_row(model, hooked, task, method, truth, forward, seed=seed)
+            rows.append({"suite": "gpt2", **row})
+    return rows
+
+
+# ---- scale: one subprocess per method, so each peak memory is its own ----------------------------
+def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from acdc_lite.models import load_model
+    from acdc_lite.search import search
+
+    torch.manual_seed(0)
+    model = load_model(GPT2LMHeadModel(GPT2Config()).eval())
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 50257, (n_prompts, seq_len), generator=g)
+    corrupt = torch.randint(0, 50257, (n_prompts, seq_len), generator=g)
+    answers, foils = torch.randint(0, 50257, (n_prompts, 1), generator=g), torch.randint(0, 50257, (n_prompts, 1), generator=g)
+    task = Task("random-logit-diff", clean, corrupt, answers, foils)
+    forward = plain_forward_seconds(model, clean, batch_size)
+    started = time.perf_counter()
+    result = search(model, task, method, batch_size=batch_size, progress=False, top_n=500)
+    seconds = time.perf_counter() - started
+    return {"suite": "scale", "model": "gpt2-small-shaped random", "task": f"random tokens {n_prompts} x {seq_len}",
+            "method": method, "graph_edges": ModelGraph.from_model(model).n_edges(), "edges": result.n_edges,
+            "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
+            "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def scale_suite(methods: Sequence[str] = ("eap", "hybrid"), n_prompts: int = 32, seq_len: int = 16,
+                batch_size: int = 32) -> list[dict]:
+    """EAP and the hybrid on a GPT-2-small-shaped random model; each method in its own subprocess."""
+    rows = []
+    for method in methods:
+        args = json.dumps([method, n_prompts, seq_len, batch_size])
+        out = subprocess.run([sys.executable, "-m", "acdc_lite.benchmark", args], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"scale benchmark {method} failed:\n{out.stderr[-2000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+SUITES: dict[str, Callable[..., list[dict]]] = {"zoo": zoo_suite, "tracr": tracr_suite, "gpt2": gpt2_suite, "scale": scale_suite}
+
+
+def write_table(rows: list[dict], out_dir: str | Path, name: str, title: str, notes: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write `rows` as `name`.md (a markdown table under `title` and `notes`) and `name`.csv; returns both paths."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows).fillna("")
+    md, csv = out_dir / f"{name}.md", out_dir / f"{name}.csv"
+    table = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    table += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    text = "\n".join([f"# {title}", "", *notes, "", *table, ""])
+    write_atomic(md, text)
+    write_atomic(csv, frame.to_csv(index=False))
+    return md, csv
+
+
+if __name__ == "__main__":  # python -m acdc_lite.benchmark '["eap", 32, 16, 32]' (used by scale_suite)
+    print(json.dumps(_scale_measure(*json.loads(sys.argv[1]))))
