@@ -198,7 +198,8 @@ def _proj_metric(default_model) -> Callable:
         direction = ref - base
         scale = float((direction ** 2).sum(dim=(1, 2)).mean())
         if scale == 0:
-            raise ValueError(f"task {task.name!r}: the corrupted inputs give the clean outputs; proj is undefined")
+            raise TaskError(f"task {task.name!r}: every corrupted input gives the clean outputs, so proj is undefined; "
+                            "use more examples or the l2 metric")
 
         def metric(logits, idx):
             i = idx.to(ref.device)
@@ -618,7 +619,7 @@ def edge_scores_from_nodes(graph: ModelGraph, scores: torch.Tensor) -> torch.Ten
 
 def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | None = None, ablation: str = "zero",
               metric: str = "l2", gradient_metric: str = "proj", *, sweep: Sequence[float] = SWEEP_FRACTIONS,
-              n_examples: int | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
+              n_examples: int | None = None, seed: int = 0, rel_tol: float = 1e-6, progress: bool = False) -> list[dict]:
     """One row per program x method: each search method (default settings) against the program's ground truth.
 
     Conventions (the ACDC paper's for tracr): zero ablation, metric l2, each program's default task. EAP and
@@ -632,6 +633,9 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
     - edge-scoring methods: Mann-Whitney AUC of |score| (validate.roc_auc; unscored edges rank last).
     - node methods: the same over `edge_scores_from_nodes`.
     - a method without scores: the binary circuit as scores.
+    `roc_auc_tol` is the score AUC with every |score| below `rel_tol` x the largest counted as 0: tracr's
+    saturated softmax and sharp ReLU steps give some ground-truth edges effects and gradients down to 1e-13
+    of the largest, which rank them above the exact zeros of unconnected edges but survive no threshold.
     `roc_auc_binary` is always the binary circuit's (one point, trapezoids: (1 + TPR - FPR) / 2).
     Cost columns are the default run's; the sweep's cost is in `sweep_*`.
     """
@@ -663,11 +667,16 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
             has_scores = not torch.isnan(scores[valid]).all()
             circuit = to_circuit(prog.model, task, result, ablation, search_metric, seed)
             gt = ground_truth(prog.ground_truth, scores if has_scores else kept.float(), circuit)
+            magnitude = scores[valid].abs()
+            magnitude = magnitude[torch.isfinite(magnitude)]  # node methods: input/logits edges are +inf
+            cutoff = rel_tol * float(magnitude.max()) if len(magnitude) else 0.0
+            tol_auc = roc_auc(scores.masked_fill(scores.abs() < cutoff, 0.0)[valid].abs().numpy(), truth[valid].numpy())
             binary = roc_auc(kept[valid].float().numpy(), truth[valid].numpy())
             row = {"program": name, "method": method, "metric": search_metric, "ablation": ablation,
                    "graph_edges": graph.n_edges(), "gt_edges": len(prog.ground_truth.edges), "edges": int(kept.sum()),
                    "roc_auc": gt.edge_auc, "roc_from": "edge scores" if has_scores else "binary circuit",
-                   "roc_auc_scores": gt.edge_auc if has_scores else float("nan"), "roc_auc_binary": binary,
+                   "roc_auc_scores": gt.edge_auc if has_scores else float("nan"),
+                   "roc_auc_tol": tol_auc if has_scores else float("nan"), "roc_auc_binary": binary,
                    "edge_precision": gt.edges.precision, "edge_recall": gt.edges.recall,
                    "node_roc_auc": gt.node_auc, "node_precision": gt.nodes.precision, "node_recall": gt.nodes.recall,
                    "faithfulness": (float(patcher.evaluate(kept, judge)[0]) - empty) / (full - empty),

@@ -1,8 +1,11 @@
 """tracr programs: exact conversion, ground-truth circuits, tasks (skipped when tracr is not installed)."""
 
 import json
+import math
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -11,8 +14,12 @@ pytest.importorskip("tracr", reason="tracr is not installed (pip install 'acdc-l
 from acdc_lite import Ablation, Circuit, EdgePatcher, ModelGraph, ablated_outputs, fingerprint  # noqa: E402
 from acdc_lite import tracr as T  # noqa: E402
 from acdc_lite.graph import Edge, NodeKind  # noqa: E402
+from acdc_lite.models import ModelLoadError, load_model  # noqa: E402
+from acdc_lite.task import TaskError, load_task  # noqa: E402
+from acdc_lite.transformer import SmallTransformer  # noqa: E402
 
 CIRCUITS = Path(__file__).resolve().parents[1] / "circuits" / "tracr"
+METHODS_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "tracr_methods.csv"
 
 # the ACDC paper's zero-ablation ground truths, in our convention (embed and pos merged into `input`)
 ACDC_REVERSE = {"a3.h0->logits", "m2->a3.h0<q>", "input->a3.h0<k>", "input->a3.h0<v>", "m1->m2", "m0->m1", "input->m1",
@@ -27,7 +34,7 @@ def programs():
 
 def get(programs, name):
     if name not in programs:
-        programs[name] = T.load_program(name)
+        programs[name] = T.program_by_name(name)  # compiled once per process, shared with load_model/load_task
     return programs[name]
 
 
@@ -113,3 +120,94 @@ def test_reverse_task_follows_acdc(programs):
         assert metric(prog.model(sub.clean), torch.arange(2)).abs().max() == 0
         assert (metric(prog.model(sub.corrupt), torch.arange(2)) < 0).all()
     assert json.dumps(task.describe())
+
+
+# ---- by name ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(T.PROGRAMS))
+def test_load_model_and_task_by_name(name, programs):
+    prog = get(programs, name)
+    model = load_model(f"tracr-{name}")
+    assert isinstance(model, SmallTransformer) and model is not prog.model  # a copy: callers may move it
+    assert fingerprint(model) == fingerprint(prog.model)
+    task = load_task(f"tracr-{name}", model)  # load_task's default n_examples (64), capped at the distinct inputs
+    assert task.name == f"tracr-{name}" and task.default_metric == "l2"
+    assert len(task) == min(64, len(prog.all_inputs()))
+    assert len({tuple(r) for r in task.clean.tolist()}) == len(task)
+    assert load_task(f"tracr-{name}", model, metric="proj").default_metric == "proj"
+
+
+def test_by_name_is_cached_and_errors_are_clear(programs):
+    get(programs, "reverse")
+    assert T.program_by_name("tracr-reverse") is T.program_by_name("reverse")  # compiled once per process
+    assert len(load_task("tracr-reverse", load_model("tracr-reverse"))) == 6  # the ACDC paper's 6 permutations
+    with pytest.raises(ModelLoadError, match="tracr-reverse, tracr-proportion"):
+        load_model("tracr-nope")
+    with pytest.raises(TaskError, match="unknown tracr program"):
+        load_task("tracr-nope", load_model("tracr-reverse"))
+    with pytest.raises(TaskError, match=r"load_model\('tracr-proportion'\)"):
+        load_task("tracr-proportion", load_model("tracr-reverse"))
+
+
+def test_missing_tracr_says_how_to_install(monkeypatch, programs):
+    model = get(programs, "reverse").model  # compiled and cached: the error must come all the same
+    monkeypatch.setitem(sys.modules, "tracr.rasp", None)  # as if tracr were not installed
+    with pytest.raises(ModelLoadError, match=r"pip install 'acdc-lite\[tracr\]'"):
+        load_model("tracr-reverse")
+    with pytest.raises(TaskError, match=r"pip install 'acdc-lite\[tracr\]'"):
+        load_task("tracr-reverse", model)
+
+
+# ---- benchmark ----------------------------------------------------------------------------------------
+def test_sweep_auc_matches_acdc_paper():
+    # the ACDC paper's pessimistic AUC on its own examples (points plus (0, 0) and (1, 1))
+    assert T.sweep_auc([(0.25, 0.25)]) == pytest.approx(0.25 * 0.75)
+    assert T.sweep_auc([(0.25, 0.25), (0.5, 0.5)]) == pytest.approx(5 / 16)
+    assert T.sweep_auc([(0.25, 0.25), (0.75, 0.5)]) == pytest.approx(4 / 16)
+    assert T.sweep_auc([(0.0, 1.0)]) == 1.0 and T.sweep_auc([]) == 0.0
+    assert T.sweep_auc([(0.5, 0.25), (0.25, 0.5)]) == pytest.approx(0.75 * 0.5)  # dominated points change nothing
+
+
+def test_benchmark_on_proportion(programs):
+    get(programs, "proportion")
+    rows = T.benchmark(["proportion"], ["acdc", "exact", "eap", "hisp"])
+    assert [r["method"] for r in rows] == ["acdc", "exact", "eap", "hisp"]
+    for r in rows:
+        assert r["graph_edges"] == 23 and r["gt_edges"] == 5 and r["ablation"] == "zero"
+        for key in ("roc_auc", "roc_auc_scores", "roc_auc_tol", "roc_auc_binary", "node_roc_auc"):
+            assert 0.0 <= r[key] <= 1.0, (r["method"], key, r[key])
+        assert r["forward_passes"] > 0 and r["seconds"] > 0
+    by = {r["method"]: r for r in rows}
+    assert by["eap"]["metric"] == "proj" and by["hisp"]["metric"] == "proj" and by["acdc"]["metric"] == "l2"
+    assert by["eap"]["backward_passes"] >= 1 and by["acdc"]["backward_passes"] == 0
+    # Every ground-truth edge of proportion moves l2 when removed and no other edge does (tracr_ground_truth.md),
+    # so ACDC finds exactly the ground truth and its tau sweep, like exact patching's ranking, separates perfectly.
+    for method in ("acdc", "exact"):
+        r = by[method]
+        assert r["edges"] == 5 and r["edge_precision"] == r["edge_recall"] == 1.0
+        assert r["node_precision"] == r["node_recall"] == 1.0 and r["faithfulness"] == pytest.approx(1.0)
+        assert r["roc_auc"] == 1.0
+    assert by["acdc"]["roc_from"].startswith("tau sweep") and by["acdc"]["sweep_runs"] == len(T.SWEEP_FRACTIONS)
+    assert by["hisp"]["roc_from"].startswith("node scores")
+
+
+def test_edge_scores_from_nodes_rank_edges_between_kept_nodes(programs):
+    graph = ModelGraph.from_model(get(programs, "proportion").model)
+    scores = torch.full(graph.valid.shape, float("nan"))
+    scores[graph.head_sender(0, 0)] = 0.1
+    scores[graph.mlp_sender(0)] = -2.0
+    scores[graph.head_sender(1, 0)] = 1.0
+    edge = T.edge_scores_from_nodes(graph, scores.masked_fill(~graph.valid, float("nan")))
+    assert edge[graph.edge_index("input->logits")] == math.inf
+    assert edge[graph.edge_index("m0->a1.h0<v>")] == 1.0  # min(|-2|, 1)
+    assert edge[graph.edge_index("a0.h0->m0")] == pytest.approx(0.1)
+    assert edge[graph.edge_index("input->m1")] == math.inf  # m1 has no score: an unscored node is always kept
+
+
+@pytest.mark.slow
+def test_committed_methods_table_is_current():
+    rows = pd.DataFrame(T.benchmark())
+    saved = pd.read_csv(METHODS_CSV)
+    assert list(saved["program"]) == list(rows["program"]) and list(saved["method"]) == list(rows["method"])
+    for key in ("edges", "roc_auc", "roc_auc_scores", "roc_auc_tol", "roc_auc_binary", "edge_precision", "edge_recall"):
+        assert saved[key].to_numpy() == pytest.approx(rows[key].to_numpy(), abs=1e-5, nan_ok=True), key
+    assert (rows[rows["method"] == "acdc"]["edge_precision"] == 1.0).all()  # ACDC never keeps a non-ground-truth edge
