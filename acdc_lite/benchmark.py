@@ -33,6 +33,25 @@ from acdc_lite.task import Task
 ZOO_METHODS = ("acdc", "head-pruning", "hybrid", "eap", "eap-ig", "exact")
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window (Linux: resets the process's VmHWM; elsewhere a no-op)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since the last `reset_peak_memory` (Linux), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def plain_forward_seconds(model: nn.Module, tokens: torch.Tensor, batch_size: int = 32, repeats: int = 3) -> float:
     """Median seconds of one plain forward pass over `tokens` [B, P] in chunks of `batch_size`."""
     times = []
@@ -146,7 +165,7 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from acdc_lite.models import load_model
-    from acdc_lite.search import search
+    from acdc_lite.search import attribution, search
 
     torch.manual_seed(0)
     model = load_model(GPT2LMHeadModel(GPT2Config()).eval())
@@ -156,14 +175,21 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -
     answers, foils = torch.randint(0, 50257, (n_prompts, 1), generator=g), torch.randint(0, 50257, (n_prompts, 1), generator=g)
     task = Task("random-logit-diff", clean, corrupt, answers, foils)
     forward = plain_forward_seconds(model, clean, batch_size)
+    resident = peak_memory_mb()
+    reset_peak_memory()  # the model's loading peak is not the search's
+    started = time.perf_counter()
+    if method in ("eap", "eap-ig"):  # the scores alone: corrupted cache, then forward + backward (x ig steps)
+        attribution.eap(SearchContext.build(model, task, batch_size=batch_size), ig_steps=1 if method == "eap" else 5)
+    scoring = time.perf_counter() - started
     started = time.perf_counter()
     result = search(model, task, method, batch_size=batch_size, progress=False, top_n=500)
     seconds = time.perf_counter() - started
     return {"suite": "scale", "model": "gpt2-small-shaped random", "task": f"random tokens {n_prompts} x {seq_len}",
             "method": method, "graph_edges": ModelGraph.from_model(model).n_edges(), "edges": result.n_edges,
             "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
-            "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "batch_size": batch_size, "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
+            **({"scoring_seconds": round(scoring, 1), "scoring_x_forward": round(scoring / forward, 1)} if scoring > 0.01 else {}),
+            "resident_before_mb": round(resident), "peak_rss_mb": round(peak_memory_mb())}
 
 
 def scale_suite(methods: Sequence[str] = ("eap", "hybrid"), n_prompts: int = 32, seq_len: int = 16,
