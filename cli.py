@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -59,20 +60,34 @@ def discover(
     top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
+    resume: bool = typer.Option(False, "--resume", help="acdc: continue an interrupted run from OUT/checkpoint.json."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Find a circuit and write OUT/circuit.json, OUT/circuit.svg and OUT/config.json.
 
     Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
     """
+    from acdc_lite.circuit import write_atomic
     from acdc_lite.pipeline import DiscoverConfig, run_discover, write_outputs
 
     def job():
         cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
                                      ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
                                      dtype=dtype, top_n=top_n)
-        result = run_discover(cfg, progress=not quiet)
+        checkpoint, started_with = out / "checkpoint.json", out / "checkpoint-config.json"
+        if resume:
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist; run without --resume")
+            if json.loads(started_with.read_text()) != json.loads(json.dumps(asdict(cfg))):
+                raise ValueError(f"{out} holds an interrupted run with other settings ({started_with}); "
+                                 "resume with the same options or use another --out")
+        elif cfg.method == "acdc":
+            checkpoint.unlink(missing_ok=True)
+            write_atomic(started_with, json.dumps(asdict(cfg)))
+        result = run_discover(cfg, progress=not quiet, checkpoint=checkpoint if cfg.method == "acdc" else None)
         files = write_outputs(result, out)
+        checkpoint.unlink(missing_ok=True)
+        started_with.unlink(missing_ok=True)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
                    f"faithfulness {c.metrics['faithfulness']:.3f}, {c.provenance['seconds']:.1f} s, "
@@ -80,6 +95,112 @@ def discover(
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
         typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+    _guard(job)
+
+
+def _circuit_model_task(circuit, model: str | None, task: str | None, n_examples: int | None, seed: int):
+    """The model and task a saved circuit was found on, unless given."""
+    from acdc_lite.models import load_model
+    from acdc_lite.task import load_task
+
+    hooked = load_model(model or circuit.model.name)
+    name = task or circuit.task.get("name")
+    if not name:
+        raise ValueError("the circuit does not name its task; pass --task")
+    return hooked, load_task(name, hooked, n_examples=n_examples or circuit.task.get("n_examples", 64), seed=seed)
+
+
+@app.command()
+def validate(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's task."),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Default: as many as the circuit was found with."),
+    seed: int = typer.Option(0, help="Task sampling and random-baseline seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+):
+    """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
+
+    Example: acdc-lite validate runs/discover/circuit.json --json
+    """
+    def job():
+        from acdc_lite.circuit import Circuit, write_atomic
+        from acdc_lite.validate import validate as run_validate
+
+        c = Circuit.load(circuit)
+        hooked, t = _circuit_model_task(c, model, task, n_examples, seed)
+        report = run_validate(hooked, t, c, seed=seed, progress=False)
+        text = json.dumps(report.to_dict(), indent=1)
+        if out is not None:
+            write_atomic(out, text + "\n")
+        typer.echo(text if as_json else report.summary())
+
+    _guard(job)
+
+
+@app.command()
+def render(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CIRCUIT with the format's suffix)."),
+    fmt: str = typer.Option("svg", "--format", "-f", help="svg | dot | png"),
+):
+    """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.render import render_file, roles_for
+
+        c = Circuit.load(circuit)
+        path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=roles_for(c.model.name))
+        typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@app.command()
+def diff(
+    a: Path = typer.Argument(..., help="First circuit.json."),
+    b: Path = typer.Argument(..., help="Second circuit.json (same or another model)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the drawing of the difference (SVG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+):
+    """Compare two circuits, of one model or of two. Example: acdc-lite diff runs/a/circuit.json runs/b/circuit.json -o d.svg"""
+    def job():
+        from acdc_lite.circuit import write_atomic
+        from acdc_lite.diff import diff as run_diff
+
+        d = run_diff(a, b)
+        if out is not None:
+            write_atomic(out, d.to_svg())
+        summary = d.to_dict()
+        typer.echo(d.to_json() if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+
+    _guard(job)
+
+
+@app.command()
+def benchmark(
+    suite: str = typer.Argument("zoo", help="zoo | tracr | gpt2 | scale"),
+    out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="Directory for SUITE.md and SUITE.csv."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods (default: the suite's)."),
+):
+    """Run the search methods on a ground-truth suite and write a results table (markdown + CSV).
+
+    Example: acdc-lite benchmark zoo --out benchmarks
+    """
+    def job():
+        from acdc_lite.benchmark import SUITES, write_table
+
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+        kwargs = {"methods": methods.split(",")} if methods else {}
+        rows = SUITES[suite](**kwargs, **({"seed": seed} if suite != "scale" else {}))
+        notes = [f"Written by `acdc-lite benchmark {suite}` ({SUITES[suite].__doc__.splitlines()[0]})",
+                 "Columns: see the module docstring of acdc_lite/benchmark.py."]
+        md, csv = write_table(rows, out, suite, f"Benchmark: {suite}", notes)
+        typer.echo(f"wrote {md} and {csv}")
 
     _guard(job)
 

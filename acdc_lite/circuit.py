@@ -50,7 +50,10 @@ class ModelRef:
         return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
 
 
-def _clean_float(x: float) -> float | None:
+def _clean_float(x: float | None) -> float | None:
+    """JSON-safe score: NaN (not measured) is stored as null."""
+    if x is None:
+        return None
     x = float(x)
     return None if math.isnan(x) else round(x, 8)
 

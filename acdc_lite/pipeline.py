@@ -83,13 +83,16 @@ class DiscoverOutput:
     svg_problem: str | None
 
 
-def run_discover(config: DiscoverConfig, progress: bool = True) -> DiscoverOutput:
-    """Load, search and render; writes nothing."""
+def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: str | Path | None = None) -> DiscoverOutput:
+    """Load, search and render; writes nothing but ACDC's `checkpoint` (resumed from if it exists)."""
+    if checkpoint is not None and config.method != "acdc":
+        raise SearchError(f"only acdc runs can be checkpointed and resumed, not {config.method}")
     model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype])
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
     circuit = discover(model, task, config.method, seed=config.seed, ablation=config.ablation, metric=config.metric,
                        tau=config.tau, level=config.level, top_n=config.top_n, target_faithfulness=config.target_faithfulness,
-                       ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress)
+                       ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress,
+                       **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
     svg, problem = None, None
     try:
         from acdc_lite.render import render_svg, roles_for

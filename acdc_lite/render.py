@@ -301,6 +301,26 @@ def dot_to_svg(dot_text: str) -> str:
 
 
 
+def render_file(circuit: Circuit, path: str | Path, fmt: str = "svg", **kwargs) -> Path:
+    """Write `circuit` drawn as svg, dot or png to `path` (atomically); returns the path."""
+    import graphviz
+
+    path = Path(path)
+    if fmt not in ("svg", "dot", "png"):
+        raise RenderError(f"unknown format {fmt!r}; choose svg, dot or png")
+    dot_text = to_dot(circuit, **kwargs)
+    if fmt == "dot":
+        write_atomic(path, dot_text)
+    elif fmt == "svg":
+        write_atomic(path, dot_to_svg(dot_text))
+    else:
+        require_dot()
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(graphviz.pipe("dot", "png", dot_text.encode()))
+        tmp.replace(path)
+    return path
+
+
 def render_svg(circuit: Circuit, **kwargs) -> str:
     """SVG text of `circuit` (see `render`), writing nothing."""
     return render(circuit, None, **kwargs)

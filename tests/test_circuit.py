@@ -70,3 +70,18 @@ def test_save_is_atomic(small_model, tmp_path, monkeypatch):
         make_circuit(small_model, seed=1).save(path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_unmeasured_scores_round_trip_as_null(small_model, tmp_path):
+    """ACDC leaves edges it never tested without a score (NaN): saved as null, loaded back equal."""
+    from acdc_lite import ModelGraph
+    from acdc_lite.circuit import ModelRef
+
+    graph = ModelGraph.from_model(small_model)
+    scores = torch.rand(graph.valid.shape)
+    scores[0] = float("nan")
+    c = Circuit.from_mask(ModelRef.of(small_model), graph.full_mask(), scores)
+    c.save(tmp_path / "nan.json")
+    back = Circuit.load(tmp_path / "nan.json")
+    assert back == c and any(v is None for v in back.edges.values())
+    assert torch.equal(back.score_tensor().isnan(), c.score_tensor().isnan())

@@ -1,5 +1,6 @@
 """The CLI through typer's runner, on a small model saved to disk and a JSONL task."""
 
+import dataclasses
 import json
 
 import pytest
@@ -75,3 +76,96 @@ def test_malformed_jsonl_names_the_line(setup):
 def test_tasks_list_and_version():
     assert run("tasks", "list").exit_code == 0
     assert "acdc-lite" in run("version").output
+
+
+@pytest.fixture(scope="module")
+def zoo_runs(tmp_path_factory):
+    """Two circuits of the default zoo model, found through the CLI."""
+    root = tmp_path_factory.mktemp("zoo-cli")
+    for method in ("acdc", "eap"):
+        res = run("discover", "--method", method, "--n-examples", 24, "--out", root / method, "--quiet")
+        assert res.exit_code == 0, res.output
+    return root
+
+
+def test_validate_prints_and_writes_the_report(zoo_runs):
+    report = zoo_runs / "report.json"
+    res = run("validate", zoo_runs / "acdc" / "circuit.json", "--json", "--out", report)
+    assert res.exit_code == 0, res.output
+    saved = json.loads(report.read_text())
+    assert saved == json.loads(res.output)
+    circuit = json.loads((zoo_runs / "acdc" / "circuit.json").read_text())
+    assert saved["n_edges"] == len(circuit["edges"]) and 0.5 < saved["faithfulness"] <= 1.2
+
+
+@pytest.mark.parametrize("fmt,magic", [("dot", "digraph"), ("svg", "<svg"), ("png", "PNG")])
+def test_render_writes_each_format(zoo_runs, fmt, magic):
+    from acdc_lite.render import RenderError, require_dot
+
+    if fmt != "dot":
+        try:
+            require_dot()
+        except RenderError:
+            pytest.skip("graphviz's dot is not installed")
+    out = zoo_runs / f"drawing.{fmt}"
+    res = run("render", zoo_runs / "eap" / "circuit.json", "-o", out, "--format", fmt)
+    assert res.exit_code == 0, res.output
+    head = out.read_bytes()[:400]
+    assert magic.encode() in head
+
+
+def test_diff_of_two_methods(zoo_runs):
+    res = run("diff", zoo_runs / "acdc" / "circuit.json", zoo_runs / "eap" / "circuit.json", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    a = set(json.loads((zoo_runs / "acdc" / "circuit.json").read_text())["edges"])
+    b = set(json.loads((zoo_runs / "eap" / "circuit.json").read_text())["edges"])
+    assert set(d["only_a_edges"]) == a - b and set(d["only_b_edges"]) == b - a and set(d["shared_edges"]) == a & b
+
+
+def test_resume_continues_an_interrupted_acdc_run(zoo_runs, monkeypatch):
+    from acdc_lite.search import acdc
+
+    out = zoo_runs / "resumed"
+    original, calls = acdc._save_checkpoint, {"n": 0}
+
+    def interrupt_after_first_save(*args, **kwargs):
+        original(*args, **kwargs)
+        calls["n"] += 1
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(acdc, "_save_checkpoint", interrupt_after_first_save)
+    defaults = list(acdc.ACDCConfig.__init__.__defaults__)  # every field has a default, in field order
+    defaults[[f.name for f in dataclasses.fields(acdc.ACDCConfig)].index("checkpoint_every")] = 5
+    monkeypatch.setattr(acdc.ACDCConfig.__init__, "__defaults__", tuple(defaults))
+    res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet")
+    assert res.exit_code != 0 and (out / "checkpoint.json").is_file() and not (out / "circuit.json").exists()
+    done = json.loads((out / "checkpoint.json").read_text())["done_receivers"]
+    assert 0 < len(done) < 20  # interrupted early, not at the end
+    monkeypatch.setattr(acdc, "_save_checkpoint", original)
+    assert run("discover", "--method", "acdc", "--n-examples", 12, "--out", out, "--quiet", "--resume").exit_code != 0
+    res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet", "--resume")
+    assert res.exit_code == 0, res.output
+    resumed = json.loads((out / "circuit.json").read_text())
+    whole = json.loads((zoo_runs / "acdc" / "circuit.json").read_text())
+    assert resumed["edges"] == whole["edges"]
+    assert not (out / "checkpoint.json").exists()
+
+
+def test_benchmark_writes_markdown_and_csv(tmp_path):
+    res = run("benchmark", "zoo", "--out", tmp_path, "--methods", "eap,head-pruning")
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "zoo.md").read_text()
+    csv = (tmp_path / "zoo.csv").read_text().splitlines()
+    from acdc_lite import zoo
+
+    assert len(csv) == 1 + 2 * len(zoo.names())  # header + one row per model and method
+    assert "node_recall" in csv[0] and "| induction-attn-2l |" in table.replace("| zoo ", "")
+
+
+def test_other_commands_fail_cleanly(zoo_runs, tmp_path):
+    assert "does not exist" in run("validate", tmp_path / "none.json").output
+    assert run("render", zoo_runs / "eap" / "circuit.json", "--format", "gif", "-o", tmp_path / "x.gif").exit_code != 0
+    assert not (tmp_path / "x.gif").exists()
+    res = run("benchmark", "nonsense", "--out", tmp_path)
+    assert res.exit_code != 0 and "unknown suite" in res.output
