@@ -192,11 +192,12 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -
             "resident_before_mb": round(resident), "peak_rss_mb": round(peak_memory_mb())}
 
 
-def scale_suite(methods: Sequence[str] = ("eap", "hybrid"), n_prompts: int = 32, seq_len: int = 16,
-                batch_size: int = 32) -> list[dict]:
-    """EAP and the hybrid on a GPT-2-small-shaped random model; each method in its own subprocess."""
+def scale_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tuple[int, int]] = ((32, 16), (16, 32)),
+                batch_size: int = 8) -> list[dict]:
+    """Attribution on a GPT-2-small-shaped random model, prompts x tokens in `shapes`, chunks of `batch_size`
+    prompts (to stay within 4 GB); each run in its own subprocess."""
     rows = []
-    for method in methods:
+    for method, (n_prompts, seq_len) in ((m, shape) for m in methods for shape in shapes):
         args = json.dumps([method, n_prompts, seq_len, batch_size])
         out = subprocess.run([sys.executable, "-m", "acdc_lite.benchmark", args], capture_output=True, text=True)
         if out.returncode != 0:
