@@ -1,6 +1,7 @@
 """acdc-lite: automated circuit discovery for transformer language models."""
 
 from acdc_lite.circuit import Circuit
+from acdc_lite.counterfactual import counterfactual_task
 from acdc_lite.diff import diff
 from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, Port
 from acdc_lite.models import ModelLoadError, fingerprint, load_model, model_info
@@ -18,4 +19,4 @@ __all__ = [
     "SmallTransformer", "SmallTransformerConfig", "ablated_outputs", "fingerprint", "load_model",
     "model_info", "sender_outputs", "Task", "TaskError", "Vocabulary", "load_task", "Circuit", "discover", "search",
 ]
-__all__ += ["validate", "render", "diff"]
+__all__ += ["validate", "render", "diff", "counterfactual_task"]
