@@ -35,6 +35,10 @@ def _fail(error: BaseException) -> None:
     raise typer.Exit(1)
 
 
+def _number(x) -> str:
+    return "n/a (the metric is the same for the full and the ablated model)" if x is None else f"{x:.3f}"
+
+
 def _guard(fn):
     try:
         return fn()
@@ -90,7 +94,7 @@ def discover(
         started_with.unlink(missing_ok=True)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
-                   f"faithfulness {c.metrics['faithfulness']:.3f}, {c.provenance['seconds']:.1f} s, "
+                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.provenance['seconds']:.1f} s, "
                    f"{c.provenance['forward_passes']:.0f} forward passes")
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)

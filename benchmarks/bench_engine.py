@@ -94,8 +94,12 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['seconds']:.3f} | {r['ratio']:.2f} | {r['peak_rss_mb']:.0f} |")
+    import torch
+
     lines += ["", "Targets (issue 2): patched forward <= 1.5x, mask gradient <= 4x a plain forward.",
-              "Re-run: `.venv/bin/python benchmarks/bench_engine.py` (about two minutes on 2 CPU cores)."]
+              f"Run with {torch.get_num_threads()} torch thread(s), torch {torch.__version__}.",
+              "Re-run: `.venv/bin/python benchmarks/bench_engine.py` (about two minutes on 2 CPU cores; set "
+              "OMP_NUM_THREADS=1 when other jobs share the cores, since spinning OpenMP threads distort every timing)."]
     path = Path(__file__).with_name("engine_results.md")
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

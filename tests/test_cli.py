@@ -169,3 +169,18 @@ def test_other_commands_fail_cleanly(zoo_runs, tmp_path):
     assert not (tmp_path / "x.gif").exists()
     res = run("benchmark", "nonsense", "--out", tmp_path)
     assert res.exit_code != 0 and "unknown suite" in res.output
+
+
+def test_metric_blind_to_the_ablation_still_writes_a_valid_circuit(setup, tmp_path):
+    """Corrupted = clean prompts: every edge goes, faithfulness is undefined (null), the file is valid JSON."""
+    same = tmp_path / "same.jsonl"
+    same.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 4], "corrupt": [1, 2, 3, 4], "answer": 5, "foil": 6})
+                              for _ in range(4)) + "\n")
+    from acdc_lite import discover, load_model  # load_task refuses such a task; the search itself must not crash
+    from acdc_lite.task import task_from_jsonl
+
+    model = load_model(setup / "model")
+    circuit = discover(model, task_from_jsonl(same, model), method="acdc", progress=False)
+    circuit.save(tmp_path / "c.json")
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["metrics"]["faithfulness"] is None and saved["edges"] == {}

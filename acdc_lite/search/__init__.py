@@ -78,6 +78,9 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float |
         needs_tau = method in ("acdc", "head-pruning", "hisp", "hybrid")
         if needs_tau and tau is None:
             full, empty = float(ctx.evaluate(ctx.graph.full_mask())), float(ctx.evaluate(ctx.graph.empty_mask()))
+            if abs(full - empty) < 1e-9:
+                log.warning("metric %s is %.4g with every edge kept and with every edge ablated: nothing separates them, "
+                            "so every edge will go; check the corrupted prompts, or pick another --metric", metric, full)
             tau = default_tau(method, metric, full, empty)
             log.info("tau defaults to %.4g", tau)
         if method == "acdc":
@@ -130,8 +133,9 @@ def to_circuit(model: nn.Module, task: Task, result: SearchResult, ablation: str
         ModelRef.of(model), result.kept, result.scores, task=task.describe(),
         method={"name": result.method, "params": result.params, "metric": metric},
         ablation=str(Ablation(ablation).value),
-        metrics={"faithfulness": result.faithfulness, "metric_full": result.metric_full,
-                 "metric_empty": result.metric_empty, "metric_circuit": result.metric_circuit},
+        metrics={k: (None if v != v else v) for k, v in  # NaN (metric blind to the ablation) is stored as null
+                 {"faithfulness": result.faithfulness, "metric_full": result.metric_full,
+                  "metric_empty": result.metric_empty, "metric_circuit": result.metric_circuit}.items()},
         provenance={"package_version": __version__, "seed": seed, "seconds": round(result.seconds, 3),
                     "forward_passes": round(result.forward_passes, 3), "backward_passes": round(result.backward_passes, 3),
                     "torch_version": torch.__version__},
