@@ -58,3 +58,87 @@ def repeated_random(n: int, half: int, n_tokens: int, seed: int, bos: int | None
     if bos is None:
         return seq
     return torch.cat([torch.full((n, 1), bos, dtype=torch.long), seq], dim=1)
+
+
+# ---- the IOI language -----------------------------------------------------------------------
+# Word-level sentences built from the IOI task's word lists and templates (tasks/ioi.py), plus a
+# few more templates of other lengths and optional openings, so names sit at varying positions.
+# Each training sentence ends with the indirect object: "... , S gave a O to IO".
+IOI_EXTRA_TEMPLATES = [
+    "When {A} and {B} went to the {P} , {S} gave the {O} to",
+    "{A} and {B} went to the {P} , and {S} gave a {O} to",
+    "After {A} and {B} went to the {P} together , {S} gave a {O} to",
+    "While {A} and {B} were working at the {P} , {S} handed the {O} to",
+    "Today {A} and {B} had a long day at the {P} . {S} passed a {O} to",
+]
+IOI_OPENINGS = ["", "Then ,", "Later ,", "Yesterday ,", "In the morning ,"]
+IOI_SPECIALS = ["<bos>", "<pad>"]
+
+
+def _ioi_module():
+    from acdc_lite.zoo.measure import builtin_task_module
+
+    return builtin_task_module("ioi")
+
+
+def ioi_templates() -> list[str]:
+    return list(_ioi_module().TEMPLATES) + IOI_EXTRA_TEMPLATES
+
+
+def ioi_vocab() -> list[str]:
+    """<bos>, <pad>, the template and opening words in order of first use, then names, places, objects."""
+    ioi = _ioi_module()
+    words = list(IOI_SPECIALS)
+    for text in ioi_templates() + IOI_OPENINGS:
+        for w in text.split():
+            if not w.startswith("{") and w not in words:
+                words.append(w)
+    return words + [w for w in ioi.NAMES + ioi.PLACES + ioi.OBJECTS if w not in words]
+
+
+@dataclass(frozen=True)
+class IOIRecipe:
+    p_opening: float = 0.5  # probability of a sentence opening ("Then ,", ...) before the template
+    p_extra: float = 0.3  # probability of one of IOI_EXTRA_TEMPLATES instead of the task's templates
+    unpredictable_weight: float = 0.1  # loss weight of every next token but the final indirect object
+
+    def describe(self) -> str:
+        return (f"BOS, with probability {self.p_opening} an opening ({', '.join(repr(o) for o in IOI_OPENINGS if o)}), "
+                f"then an IOI sentence (ABBA or BABA order of two distinct random names of tasks/ioi.py, IO and S, with "
+                f"S repeated) ending with the indirect object; templates: the {len(_ioi_module().TEMPLATES)} of "
+                f"tasks/ioi.py, with probability {self.p_extra} one of {len(IOI_EXTRA_TEMPLATES)} others; "
+                f"right-padded; loss weight 1 on the final IO, {self.unpredictable_weight} on the other tokens, 0 on padding")
+
+
+def ioi_sentence(g: torch.Generator, recipe: IOIRecipe, vocab: list[str]) -> tuple[list[int], int]:
+    """(token ids BOS ... to IO, position of IO's first mention) of one random sentence."""
+    ioi = _ioi_module()
+    index = {w: i for i, w in enumerate(vocab)}
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    templates = IOI_EXTRA_TEMPLATES if float(torch.rand(1, generator=g)) < recipe.p_extra else list(ioi.TEMPLATES)
+    template = pick(templates)
+    opening = pick(IOI_OPENINGS[1:]) if float(torch.rand(1, generator=g)) < recipe.p_opening else ""
+    io, s = (ioi.NAMES[int(i)] for i in torch.randperm(len(ioi.NAMES), generator=g)[:2])
+    first, second = (io, s) if float(torch.rand(1, generator=g)) < 0.5 else (s, io)
+    text = " ".join(filter(None, [opening, template.format(A=first, B=second, S=s, P=pick(ioi.PLACES), O=pick(ioi.OBJECTS)), io]))
+    ids = [index["<bos>"]] + [index[w] for w in text.split()]
+    return ids, ids.index(index[io])
+
+
+def ioi_batch(n: int, seq_len: int, recipe: IOIRecipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [n, seq_len] (right-padded with <pad>) and loss weights [n, seq_len - 1]."""
+    vocab = ioi_vocab()
+    pad = vocab.index("<pad>")
+    tokens = torch.full((n, seq_len), pad, dtype=torch.long)
+    weights = torch.zeros(n, seq_len - 1)
+    for i in range(n):
+        ids, _ = ioi_sentence(g, recipe, vocab)
+        if len(ids) > seq_len:
+            raise ValueError(f"an IOI sentence of {len(ids)} tokens does not fit seq_len {seq_len}")
+        tokens[i, :len(ids)] = torch.tensor(ids)
+        weights[i, :len(ids) - 1] = recipe.unpredictable_weight
+        weights[i, len(ids) - 2] = 1.0
+    return tokens, weights

@@ -92,8 +92,8 @@ def _corrupt_head_results(model: nn.Module, task: Task) -> tuple[dict[int, torch
     return results, float(metric(model(task.clean), idx).mean()), corrupt
 
 
-def _patched_metric(model: nn.Module, task: Task, results: dict[int, torch.Tensor], heads: list[tuple[int, int]]) -> float:
-    """Mean logit difference on clean prompts with `heads` [(layer, head)] replaced by their corrupted outputs."""
+def _head_patches(results: dict[int, torch.Tensor], heads: list[tuple[int, int]]) -> list:
+    """Forward hooks replacing `heads` [(layer, head)] by their outputs in `results` (from _corrupt_head_results)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -105,7 +105,12 @@ def _patched_metric(model: nn.Module, task: Task, results: dict[int, torch.Tenso
             return x
         return patch
 
-    with model.hooks(fwd_hooks=[(hooks.head_result(layer), make(layer, hs)) for layer, hs in by_layer.items()]):
+    return [(hooks.head_result(layer), make(layer, hs)) for layer, hs in by_layer.items()]
+
+
+def _patched_metric(model: nn.Module, task: Task, results: dict[int, torch.Tensor], heads: list[tuple[int, int]]) -> float:
+    """Mean logit difference on clean prompts with `heads` [(layer, head)] replaced by their corrupted outputs."""
+    with model.hooks(fwd_hooks=_head_patches(results, heads)):
         return float(task.metric("logit_diff")(model(task.clean), torch.arange(len(task))).mean())
 
 
@@ -141,5 +146,72 @@ def classify_heads(prev: torch.Tensor, induction: torch.Tensor, effects: torch.T
             for cls, score in (("previous-token", prev), ("induction", induction)):
                 if score[layer, head] >= min_score and effects[layer, head] >= min_effect:
                     out.append({"head": f"a{layer}.h{head}", "class": cls, "score": round(float(score[layer, head]), 3),
+                                "ablation_effect": round(float(effects[layer, head]), 3)})
+    return out
+
+
+# ---- IOI ------------------------------------------------------------------------------------
+def ioi_positions(task: Task) -> dict[str, torch.Tensor]:
+    """[N] positions in each clean IOI prompt: IO (the indirect object's mention), S1 and S2 (the
+    subject's first and second mention) and END (the answer position), found from the answer and foil ids."""
+    io_id, s_id = task.answers[:, 0], task.foils[:, 0]
+    pos = torch.arange(task.clean.shape[1])
+    big = task.clean.shape[1]
+    io = torch.where(task.clean == io_id[:, None], pos, big).min(dim=1).values
+    s1 = torch.where(task.clean == s_id[:, None], pos, big).min(dim=1).values
+    s2 = torch.where(task.clean == s_id[:, None], pos, -1).max(dim=1).values
+    if (io == big).any() or (s1 == big).any() or (s1 == s2).any():
+        raise ValueError("not an IOI task: every clean prompt needs the answer once and the foil twice")
+    return {"IO": io, "S1": s1, "S2": s2, "END": task.answer_pos}
+
+
+@torch.no_grad()
+def ioi_attention_scores(model: nn.Module, task: Task, ablate: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """[layers, heads] mean attention on the clean IOI prompts: END->IO, END->S1, END->S2, S2->S1
+    (duplicate token), and previous-token (every query from position 2 on, to the key before it).
+    With `ablate` (["a0.h2", ...]), those heads' outputs are resample-ablated (replaced by their
+    outputs on the corrupted prompts) while the patterns are recorded: how later heads depend on them."""
+    if ablate:
+        from acdc_lite.graph import Node
+
+        results = _corrupt_head_results(model, task)[0]
+        nodes = [Node.parse(h) for h in ablate]
+        patches = _head_patches(results, [(n.layer, n.head) for n in nodes])
+        with model.hooks(fwd_hooks=patches):
+            pats = attention_patterns(model, task.clean)
+    else:
+        pats = attention_patterns(model, task.clean)
+    p = ioi_positions(task)
+    rows = torch.arange(len(task))
+
+    def at(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        return torch.stack([pat[rows, :, query, key].mean(dim=0) for pat in pats])
+
+    return {"end_to_io": at(p["END"], p["IO"]), "end_to_s1": at(p["END"], p["S1"]), "end_to_s2": at(p["END"], p["S2"]),
+            "s2_to_s1": at(p["S2"], p["S1"]), "previous_token": offset_scores(pats, 1, slice(2, None))}
+
+
+IOI_CLASSES = {  # class -> the attention score that defines it (named after the GPT-2 IOI circuit's classes)
+    "name-mover": "end_to_io",
+    "s-inhibition": "end_to_s2",
+    "duplicate-token": "s2_to_s1",
+    "previous-token": "previous_token",
+}
+
+
+def classify_ioi_heads(scores: dict[str, torch.Tensor], effects: torch.Tensor,
+                       min_score: float = 0.5, min_effect: float = 0.1) -> list[dict]:
+    """Heads whose defining attention score (IOI_CLASSES) is >= min_score and whose single-head ablation
+    effect is >= min_effect; a name mover must also attend to IO at least twice as much as to S1 and S2
+    together (a layer-0 head attending to both names alike is not one). A head can be in several classes."""
+    out = []
+    for layer in range(effects.shape[0]):
+        for head in range(effects.shape[1]):
+            for cls, key in IOI_CLASSES.items():
+                score = float(scores[key][layer, head])
+                if cls == "name-mover" and score < 2 * float(scores["end_to_s1"][layer, head] + scores["end_to_s2"][layer, head]):
+                    continue
+                if score >= min_score and effects[layer, head] >= min_effect:
+                    out.append({"head": f"a{layer}.h{head}", "class": cls, "score": round(score, 3),
                                 "ablation_effect": round(float(effects[layer, head]), 3)})
     return out
