@@ -1,18 +1,36 @@
-"""Every zoo model loads and reproduces its card; one slow test re-trains a model from scratch."""
+"""Every zoo model loads and reproduces its card; slow tests re-train models from scratch.
+
+Card measurements run single-threaded (as the cards were measured), a second or two per model.
+"""
 
 import pytest
 import torch
 
-from acdc_lite import Node, load_model, model_info, zoo
+from acdc_lite import Node, Task, discover, load_model, load_task, model_info, zoo
 from acdc_lite.zoo import measure, train
-from acdc_lite.zoo.data import SegmentRecipe, repeated_random, segment_batch
+from acdc_lite.zoo.data import IOIRecipe, SegmentRecipe, ioi_batch, ioi_vocab, repeated_random, segment_batch
 
 NAMES = zoo.names()
 INDUCTION_ZOO = [n for n in NAMES if zoo.card(n).get("task", {}).get("name") == "induction"]
+IOI_ZOO = [n for n in NAMES if zoo.card(n).get("task", {}).get("name") == "ioi"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_the_zoo_has_the_default_model():
     assert "induction-attn-2l" in NAMES
+
+
+def test_the_zoo_has_the_architectures_issue_3_asks_for():
+    induction = {zoo.card(n)["architecture"]["class"] for n in INDUCTION_ZOO}
+    assert {"GPT2LMHeadModel", "LlamaForCausalLM", "SmallTransformer"} <= induction
+    assert IOI_ZOO
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,3 +108,104 @@ def test_retraining_recovers_the_ground_truth(tmp_path):
     assert card["task"]["accuracy"] >= 0.95
     reloaded = load_model(str(tmp_path / "m"))
     assert torch.equal(reloaded.W_E, model.W_E)
+
+
+def test_gpt2_zoo_model_has_a_word_tokenizer():
+    model = load_model("induction-gpt2-2l")
+    tok = model.tokenizer
+    assert tok.encode("<bos> t1 t63", add_special_tokens=False) == [0, 1, 63]
+    assert tok.bos_token_id == 0
+    assert tok.encode("nonsense", add_special_tokens=False)[0] >= model_info(model).d_vocab  # rejected by tasks
+
+
+# ---- IOI ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=IOI_ZOO)
+def ioi_measured(request):
+    """(card, fresh measurements, model) of one IOI zoo model loaded from its directory."""
+    name = request.param
+    model = load_model(name)
+    return zoo.card(name), train.measure_ioi_card(model), model
+
+
+def test_ioi_card_accuracy_reproduces(ioi_measured):
+    card, fresh, _ = ioi_measured
+    tol = card["measurement"]["tolerance"]
+    assert abs(fresh["task"]["accuracy"] - card["task"]["accuracy"]) <= tol["accuracy"]
+    assert fresh["task"]["accuracy"] >= 0.9
+    assert fresh["task"]["logit_diff_clean"] > 2 > abs(fresh["task"]["logit_diff_corrupt"])
+
+
+def test_ioi_card_head_scores_reproduce(ioi_measured):
+    card, fresh, _ = ioi_measured
+    tol = card["measurement"]["tolerance"]
+    keys = [k for k in card["measurement"] if k.endswith("_scores")]
+    assert {"end_to_io_scores", "end_to_s1_scores", "end_to_s2_scores", "s2_to_s1_scores", "previous_token_scores"} <= set(keys)
+    for key, t in [(k, tol["score"]) for k in keys] + [("ablation_effects", tol["ablation_effect"])]:
+        diff = (torch.tensor(fresh["measurement"][key]) - torch.tensor(card["measurement"][key])).abs().max()
+        assert diff <= t, f"{key} moved by {float(diff):.3f} (tolerance {t})"
+    assert [(h["head"], h["class"]) for h in fresh["ground_truth"]] == [(h["head"], h["class"]) for h in card["ground_truth"]]
+    for head, before_after in card["measurement"]["composition"]["name_movers"].items():
+        for key, values in before_after.items():
+            fresh_values = fresh["measurement"]["composition"]["name_movers"][head][key]
+            assert max(abs(a - b) for a, b in zip(values, fresh_values, strict=True)) <= tol["score"], (head, key)
+
+
+def test_ioi_ground_truth_is_an_s_inhibition_head_steering_name_movers(ioi_measured):
+    card, _, _ = ioi_measured
+    by_class: dict[str, list[str]] = {}
+    for h in card["ground_truth"]:
+        by_class.setdefault(h["class"], []).append(h["head"])
+    assert by_class.get("name-mover") and by_class.get("s-inhibition")
+    assert all(Node.parse(h).layer == 1 for h in by_class["name-mover"])
+    assert card["measurement"]["joint_ablation_effects"]["ground truth"] > 0.9
+    composition = card["measurement"]["composition"]
+    assert composition["ablated"] == by_class["s-inhibition"]
+    for before_after in composition["name_movers"].values():  # without the S-inhibition head, name movers turn to S1
+        assert before_after["end_to_io"][1] < before_after["end_to_io"][0] - 0.2
+        assert before_after["end_to_s1"][1] > before_after["end_to_s1"][0] + 0.2
+
+
+def test_ioi_task_and_discovery_run_end_to_end(ioi_measured):
+    card, _, model = ioi_measured
+    task = load_task("ioi", model, n_examples=32, seed=1)
+    assert task.info["templates"] and len(task.info["templates"]) == 6  # all templates of tasks/ioi.py fit the vocabulary
+    circuit = discover(model, task, "acdc")
+    assert circuit.metrics["faithfulness"] > 0.8
+    nodes = {part for e in circuit.edges for part in str(e).split("<")[0].split("->")}
+    assert {h["head"] for h in card["ground_truth"]} <= nodes
+
+
+def test_ioi_positions_on_a_hand_made_prompt():
+    # BOS Mary and John , John gave to -> Mary: IO at 1, S1 at 3, S2 at 5
+    clean = torch.tensor([[0, 7, 2, 8, 3, 8, 4, 5]])
+    task = Task(name="ioi", clean=clean, corrupt=clean.clone(), answers=torch.tensor([[7]]), foils=torch.tensor([[8]]))
+    p = measure.ioi_positions(task)
+    assert [int(p[k][0]) for k in ("IO", "S1", "S2", "END")] == [1, 3, 5, 7]
+
+
+def test_ioi_training_sentences():
+    vocab = ioi_vocab()
+    ioi = measure.builtin_task_module("ioi")
+    assert set(ioi.NAMES + ioi.PLACES + ioi.OBJECTS) <= set(vocab) and vocab[:2] == ["<bos>", "<pad>"]
+    tokens, weights = ioi_batch(16, 24, IOIRecipe(), torch.Generator().manual_seed(0))
+    names = {vocab.index(n) for n in ioi.NAMES}
+    for row, w in zip(tokens, weights, strict=True):
+        ids = [int(t) for t in row if t != vocab.index("<pad>")]
+        assert ids[0] == vocab.index("<bos>")
+        io = ids[-1]
+        mentioned = [t for t in ids[:-1] if t in names]
+        assert io in names and mentioned.count(io) == 1 and len(mentioned) == 3  # IO once, S twice
+        assert w[len(ids) - 2] == 1 and (w[len(ids) - 1:] == 0).all() and (w[:len(ids) - 2] < 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["induction-gpt2-2l", "ioi-attn-2l"])
+def test_retraining_reproduces_the_shipped_card(name, tmp_path):
+    _, card = train.train(name, seed=0, out_dir=tmp_path / "m")
+    shipped = zoo.card(name)
+    assert [(h["head"], h["class"]) for h in card["ground_truth"]] == [(h["head"], h["class"]) for h in shipped["ground_truth"]]
+    tol = shipped["measurement"]["tolerance"]
+    assert abs(card["task"]["accuracy"] - shipped["task"]["accuracy"]) <= tol["accuracy"]
+    assert (torch.tensor(card["measurement"]["ablation_effects"]) - torch.tensor(shipped["measurement"]["ablation_effects"])
+            ).abs().max() <= tol["ablation_effect"]
+    assert load_model(str(tmp_path / "m")) is not None
