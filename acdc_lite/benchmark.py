@@ -117,12 +117,17 @@ def zoo_suite(models: Sequence[str] | None = None, methods: Sequence[str] = ZOO_
         grouped = model_info(model).n_kv_heads < model_info(model).n_heads
         for method in methods:
             try:
-                row, _ = search_row(name, model, task, method, truth, forward, seed=seed)
+                row, result = search_row(name, model, task, method, truth, forward, seed=seed)
             except SearchError as e:
-                row = {"model": name, "task": task.name, "method": method, "skipped": str(e).split(";")[0]}
+                row, result = {"model": name, "task": task.name, "method": method, "skipped": str(e).split(";")[0]}, None
                 if not grouped:
                     raise
             rows.append({"suite": "zoo", **row})
+            if method == "hybrid" and result is not None and "acdc" in methods:
+                # ACDC under the hybrid's own criterion (task metric, same tau): the like-for-like comparison
+                row, _ = search_row(name, model, task, "acdc", truth, forward, seed=seed, metric=task.default_metric,
+                                    tau=result.params["tau"])
+                rows.append({"suite": "zoo", **row, "method": "acdc (hybrid's metric and tau)"})
     return rows
 
 

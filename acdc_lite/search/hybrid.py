@@ -4,7 +4,9 @@
 2. Block removal: walk the edges from the lowest |score| up. Try to remove a block of them at once;
    if the metric drops by less than tau, the block goes and the next block is twice as large; if
    not, the block is halved and retried (bisection), down to single edges, which are kept when
-   their own removal costs tau or more. Most of the graph leaves in a few large blocks.
+   their own removal costs tau or more. Most of the graph leaves in a few large blocks. Once `patience`
+   single edges have been kept, the walk has reached the scores where edges matter, and isolating each by
+   bisection would cost more than testing it once: the block phase stops and the rest goes to step 3.
 3. Boundary sweep: every edge still kept is re-tested with ACDC's rule (remove if the metric drops
    by less than tau), in ACDC's order (from the output backwards), recomputing only from the
    receiver's layer on. Each test is speculative on "keep": a batch of candidates removes one edge
@@ -34,6 +36,7 @@ class HybridConfig:
     ig_steps: int = 5
     first_block: float = 0.5  # fraction of all edges in the first block
     batch: int = 8  # candidates per pass in the boundary sweep
+    patience: int | None = 3  # single edges kept before the block phase stops (None: never stops early)
     progress: bool = True
 
 
@@ -44,9 +47,9 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     metric_full = float(ctx.evaluate(graph.full_mask()))
     kept, current = graph.full_mask(), metric_full
     trajectory = [{"phase": "attribution", "forward_passes": ctx.patcher.forward_passes}]
-    block, i = max(1, int(len(order) * config.first_block)), 0
+    block, i, isolated = max(1, int(len(order) * config.first_block)), 0, 0
     with tqdm(total=len(order), desc="hybrid blocks", disable=not config.progress, unit="edge") as bar:
-        while i < len(order):
+        while i < len(order) and (config.patience is None or isolated < config.patience):
             chunk = order[i:i + block]
             cand = kept.clone()
             for s, r in chunk:
@@ -58,6 +61,7 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
                 block *= 2
             elif len(chunk) == 1:
                 i += 1  # this edge matters on its own: keep it
+                isolated += 1
                 bar.update(1)
                 block = 2
             else:
