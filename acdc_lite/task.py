@@ -286,6 +286,16 @@ def task_from_jsonl(path: str | Path, model: nn.Module | None = None, n_examples
     )
 
 
+def text_vocabulary(model: nn.Module, task_name: str, n_examples: int) -> Vocabulary:
+    """The vocabulary a built-in text task writes its prompts with; TaskError naming the task if there is none."""
+    if n_examples < 1:
+        raise TaskError(f"{task_name}: n_examples must be at least 1, got {n_examples}")
+    try:
+        return Vocabulary.of(model)
+    except TaskError as e:
+        raise TaskError(f"{task_name} needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+
+
 # ---- loading -------------------------------------------------------------------------------
 def builtin_tasks() -> dict[str, str]:
     """Built-in task name -> one-line description."""

@@ -25,7 +25,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,7 @@ class _Writer:
 
 def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     """The addition task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
-    if n_examples < 1:
-        raise TaskError(f"addition: n_examples must be at least 1, got {n_examples}")
-    try:
-        vocab = Vocabulary.of(model)
-    except TaskError as e:
-        raise TaskError("addition needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+    vocab = text_vocabulary(model, "addition", n_examples)
     write = _Writer(vocab)
     if vocab.words is not None:
         missing = [w for w in FIXED_WORDS if w not in vocab.words]

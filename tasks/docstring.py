@@ -34,7 +34,7 @@ import random
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,7 @@ def _logit_diff_max(task: Task, model: nn.Module | None = None):
 
 def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     """The docstring task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
-    if n_examples < 1:
-        raise TaskError(f"docstring: n_examples must be at least 1, got {n_examples}")
-    try:
-        vocab = Vocabulary.of(model)
-    except TaskError as e:
-        raise TaskError("docstring needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+    vocab = text_vocabulary(model, "docstring", n_examples)
     word_level = vocab.words is not None
     if word_level:
         missing = [w for w in FIXED_WORDS if w not in vocab.words]

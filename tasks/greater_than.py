@@ -20,7 +20,7 @@ import random
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,7 @@ def _year_ids(vocab: Vocabulary) -> list[int]:
 
 def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     """The greater-than task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
-    if n_examples < 1:
-        raise TaskError(f"greater-than: n_examples must be at least 1, got {n_examples}")
-    try:
-        vocab = Vocabulary.of(model)
-    except TaskError as e:
-        raise TaskError("greater-than needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+    vocab = text_vocabulary(model, "greater-than", n_examples)
     word_level = vocab.words is not None
     if word_level:
         missing = _missing_words(vocab, ["The", "lasted", "from", "the", "year", "to", CENTURY, *YEARS])

@@ -20,7 +20,7 @@ import re
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,7 @@ def _usable(vocab: Vocabulary, words: list[str], word_level: bool, minimum: int,
 
 def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     """The IOI task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
-    try:
-        vocab = Vocabulary.of(model)
-    except TaskError as e:
-        raise TaskError("ioi needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
+    vocab = text_vocabulary(model, "ioi", n_examples)
     word_level = vocab.words is not None
     names = _usable(vocab, NAMES, word_level, MIN_NAMES, "names")
     places = list(_usable(vocab, PLACES, word_level, MIN_PLACES, "places"))
