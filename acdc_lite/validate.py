@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
 from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, receiver_nodes, tie_kv_groups
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
+from acdc_lite.search.select import top_n
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
@@ -306,23 +307,6 @@ def cpr_cmd(fractions: Sequence[float], faithfulness: Sequence[float]) -> tuple[
     return area_under(fractions, f), area_under(fractions, np.abs(1 - f))
 
 
-def ranking(graph: ModelGraph, scores: torch.Tensor, absolute: bool = False) -> torch.Tensor:
-    """Flat indices of valid edges into [S, R], best first; NaN scores last; ties keep graph order. [E]"""
-    flat = graph.valid.flatten().nonzero().flatten()
-    s = scores.flatten()[flat].double()
-    s = s.abs() if absolute else s
-    s = torch.where(torch.isnan(s), torch.tensor(-math.inf, dtype=s.dtype), s)
-    order = torch.sort(-s, stable=True).indices
-    return flat[order]
-
-
-def top_k_mask(graph: ModelGraph, scores: torch.Tensor, k: int, absolute: bool = False) -> torch.Tensor:
-    """[S, R] bool: the k best-scored valid edges."""
-    mask = torch.zeros(graph.valid.numel(), dtype=torch.bool)
-    mask[ranking(graph, scores, absolute)[:k]] = True
-    return mask.view_as(graph.valid)
-
-
 def faithfulness_curve(patcher: EdgePatcher, metric: Callable, scores: torch.Tensor, metric_full: float,
                        metric_empty: float, fractions: Sequence[float] = MIB_FRACTIONS, absolute: bool = False,
                        prune: bool = True, candidates: int = 4, progress: bool = False) -> FaithfulnessCurve:
@@ -333,7 +317,7 @@ def faithfulness_curve(patcher: EdgePatcher, metric: Callable, scores: torch.Ten
         log.warning("%d of %d edges have no score; they rank last in the faithfulness curve",
                     int(torch.isnan(scores[graph.valid]).sum()), n_total)
     requested = [int(k * n_total) for k in fractions]
-    masks = [top_k_mask(graph, scores, n, absolute) for n in requested]
+    masks = [top_n(graph, scores, n, absolute) for n in requested]
     masks = [tie_kv_groups(graph, connected_mask(graph, m) if prune else m, patcher.kv_group) for m in masks]
     values: list[float] = []
     for batch in tqdm(list(_batched(masks, candidates)), desc="faithfulness curve", disable=not progress, leave=False):

@@ -8,6 +8,7 @@ import torch
 
 from acdc_lite import ModelGraph, Task, fingerprint
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
+from acdc_lite.search.select import top_n
 from acdc_lite.validate import (
     MIB_FRACTIONS,
     area_under,
@@ -17,7 +18,6 @@ from acdc_lite.validate import (
     precision_recall,
     roc_auc,
     stability,
-    top_k_mask,
     validate,
 )
 from tests.conftest import VOCAB
@@ -169,7 +169,7 @@ def test_stability_lists_unstable_edges(small_model, task):
 
     def search(t):  # the edge set's size depends on which examples were drawn
         k = 10 + int(t.clean.sum()) % 10
-        return Circuit.from_mask(ref, top_k_mask(graph, scores, k), scores)
+        return Circuit.from_mask(ref, top_n(graph, scores, k, absolute=False), scores)
 
     s = stability(task, search, n_resamples=4, seed=1)
     assert s.n_resamples == 4 and len(s.n_edges) == 4
