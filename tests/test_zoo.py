@@ -140,7 +140,10 @@ def test_ioi_card_head_scores_reproduce(ioi_measured):
     tol = card["measurement"]["tolerance"]
     keys = [k for k in card["measurement"] if k.endswith("_scores")]
     assert {"end_to_io_scores", "end_to_s1_scores", "end_to_s2_scores", "s2_to_s1_scores", "previous_token_scores"} <= set(keys)
-    for key, t in [(k, tol["score"]) for k in keys] + [("ablation_effects", tol["ablation_effect"])]:
+    checks = [(k, tol["score"]) for k in keys] + [("ablation_effects", tol["ablation_effect"])]
+    if "direct_logit_attribution" in card["measurement"]:
+        checks.append(("direct_logit_attribution", tol["logit"]))
+    for key, t in checks:
         diff = (torch.tensor(fresh["measurement"][key]) - torch.tensor(card["measurement"][key])).abs().max()
         assert diff <= t, f"{key} moved by {float(diff):.3f} (tolerance {t})"
     assert [(h["head"], h["class"]) for h in fresh["ground_truth"]] == [(h["head"], h["class"]) for h in card["ground_truth"]]
@@ -158,6 +161,9 @@ def test_ioi_ground_truth_is_an_s_inhibition_head_steering_name_movers(ioi_measu
     assert by_class.get("name-mover") and by_class.get("s-inhibition")
     assert all(Node.parse(h).layer == 1 for h in by_class["name-mover"])
     assert card["measurement"]["joint_ablation_effects"]["ground truth"] > 0.9
+    dla = card["measurement"].get("direct_logit_attribution")
+    if dla is not None:  # name movers write IO over S directly
+        assert all(dla[Node.parse(h).layer][Node.parse(h).head] > 0.5 for h in by_class["name-mover"])
     composition = card["measurement"]["composition"]
     assert composition["ablated"] == by_class["s-inhibition"]
     for before_after in composition["name_movers"].values():  # without the S-inhibition head, name movers turn to S1

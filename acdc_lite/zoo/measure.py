@@ -191,6 +191,31 @@ def ioi_attention_scores(model: nn.Module, task: Task, ablate: list[str] | None 
             "s2_to_s1": at(p["S2"], p["S1"]), "previous_token": offset_scores(pats, 1, slice(2, None))}
 
 
+@torch.no_grad()
+def ioi_direct_logit_attribution(model: nn.Module, task: Task) -> torch.Tensor | None:
+    """[layers, heads]: mean over clean prompts of each head's output at END dotted with W_U[IO] - W_U[S],
+    the part of the IO - S logit difference a head writes directly. Exact only without a final
+    normalisation, so None for other models."""
+    from acdc_lite.transformer import SmallTransformer
+
+    if not isinstance(model, SmallTransformer) or model.cfg.normalization != "none":
+        return None
+    results: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def hook(x, hook):
+            results[layer] = x.detach()
+        return hook
+
+    n_layers = model_info(model).n_layers
+    with model.hooks(fwd_hooks=[(hooks.head_result(layer), keep(layer)) for layer in range(n_layers)]):
+        model(task.clean)
+    rows = torch.arange(len(task))
+    direction = (model.W_U[:, task.answers[:, 0]] - model.W_U[:, task.foils[:, 0]]).T  # [N, d_model]
+    return torch.stack([torch.einsum("nhd,nd->nh", results[layer][rows, task.answer_pos], direction).mean(dim=0)
+                        for layer in range(n_layers)])
+
+
 IOI_CLASSES = {  # class -> the attention score that defines it (named after the GPT-2 IOI circuit's classes)
     "name-mover": "end_to_io",
     "s-inhibition": "end_to_s2",
