@@ -146,8 +146,7 @@ def test_ioi_gpt2_tokenizer():
     assert text.endswith(" to") and tok.decode([int(task.answers[0, 0])]).startswith(" ")
 
 
-@pytest.mark.skipif("ioi-small" not in zoo.names(), reason="the zoo has no ioi-small model")
-def test_ioi_metric_sign_on_ioi_small():
-    model = load_model("ioi-small")
+def test_ioi_metric_sign_on_the_ioi_zoo_model():
+    model = load_model("ioi-attn-2l")
     clean, corrupt = check_signal(model, ioi.build(model, n_examples=32, seed=5))
     assert clean > 1.0 and clean > corrupt
