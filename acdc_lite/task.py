@@ -85,7 +85,10 @@ class Task:
                        foils=None if self.foils is None else self.foils[idx], answer_pos=self.answer_pos[idx])
 
     def describe(self) -> dict:
-        return {"name": self.name, "n_examples": len(self), "seq_len": self.seq_len, "metric": self.default_metric, **self.info}
+        """What a circuit file records of its task: name, sizes, metric and the task's settings. Per-example
+        lists in `info` (one entry per prompt) stay out, so a file does not grow with n_examples."""
+        settings = {k: v for k, v in self.info.items() if not (isinstance(v, (list, tuple)) and len(v) == len(self) > 2)}
+        return {"name": self.name, "n_examples": len(self), "seq_len": self.seq_len, "metric": self.default_metric, **settings}
 
     # ---- metrics ------------------------------------------------------------------------
     @property

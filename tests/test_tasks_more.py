@@ -465,3 +465,15 @@ def test_counterfactual_stops_at_n_examples():
     assert len(task) == 5 and task.info["candidates"] == 5 and len(calls) == 10  # one batch, clean + corrupt each
     first = list(candidate_pairs(_ids_template, range(4, 10), -3, seed=0, limit=5))
     assert task.clean.tolist() == [list(p.clean) for p in first]
+
+
+def test_describe_leaves_per_example_lists_out():
+    """A circuit file records the task's settings, not one entry per prompt."""
+    from acdc_lite import Task
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 9, (6, 4), generator=g)
+    task = Task("t", clean, clean.flip(1), clean[:, :1], clean[:, 1:2],
+                info={"seed": 3, "operands": [[1, 2]] * 6, "segment_length": [4, 10]})
+    d = task.describe()
+    assert d["seed"] == 3 and d["segment_length"] == [4, 10] and "operands" not in d
