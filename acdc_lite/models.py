@@ -186,6 +186,9 @@ def _load_hf_dir(path: Path) -> nn.Module:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception:
         log.info("no tokenizer in %s: text prompts need token ids", path)
+    if tokenizer is not None and len(tokenizer) < 2:  # built from the config alone, with no vocabulary files
+        log.info("the tokenizer in %s has no vocabulary: text prompts need token ids", path)
+        tokenizer = None
     bridge = _bridge_from_hf(hf.eval(), path.name, tokenizer)
     bridge.acdc_name = path.name
     _enable_circuit_hooks(bridge)

@@ -44,3 +44,13 @@ def test_unknown_model_name_is_a_clear_error(monkeypatch):
 def test_directory_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_hf_directory_without_tokenizer_files_has_no_tokenizer(tmp_path):
+    """A directory with weights but no tokenizer files must not get an empty tokenizer (every word unknown)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=16)).save_pretrained(tmp_path)
+    model = load_model(tmp_path)
+    assert getattr(model, "tokenizer", None) is None
