@@ -131,3 +131,16 @@ def test_acdc_head_pruning_and_hybrid_recover_the_card_heads():
         heads = {n for n in node_set(ctx.graph, res.kept) if n.startswith("a")}
         assert heads == truth, (method, heads)
         assert (float(ctx.evaluate(res.kept)) - empty) / (full - empty) >= 0.9, method
+
+
+def test_hybrid_finds_acdcs_circuit_with_fewer_passes():
+    """Same metric and tau: the hybrid's attribution-gated joint removals reach ACDC's circuit on the default
+    zoo model (measured: 13 edges both, 28 vs 40 forward passes)."""
+    from acdc_lite import load_model, load_task
+
+    model = load_model("induction-attn-2l")
+    task = load_task("induction", model, n_examples=64)
+    hybrid = search(model, task, "hybrid", progress=False)
+    exact_acdc = search(model, task, "acdc", metric=task.default_metric, tau=hybrid.params["tau"], progress=False)
+    assert torch.equal(hybrid.kept, exact_acdc.kept)
+    assert hybrid.forward_passes < exact_acdc.forward_passes

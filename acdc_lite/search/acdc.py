@@ -43,6 +43,7 @@ class ACDCConfig:
     checkpoint: str | None = None  # path of a resumable checkpoint
     checkpoint_every: int = 200  # decisions between checkpoints
     progress: bool = True
+    estimates: torch.Tensor | None = None  # [S, R] estimated |effect| per edge (attribution): see `_remove_unlikely`
 
 
 def receiver_order(graph: ModelGraph) -> list[int]:
@@ -99,6 +100,8 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                 bar.update(graph.n_senders_before(receiver))
             else:
                 start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
+                if config.estimates is not None:
+                    senders, current = _remove_unlikely(ctx, kept, receiver, senders, config, current, start_layer, prefix)
                 i, size = 0, 1
                 while i < len(senders):
                     chunk = senders[i:i + size]
@@ -143,6 +146,25 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         metric_empty=float(ctx.evaluate(graph.empty_mask())), metric_circuit=float(ctx.evaluate(kept)),
         stats={"tested_edges": int((~scores.isnan()).sum()), "floor_forward_passes": floor},
     )
+
+
+def _remove_unlikely(ctx: SearchContext, kept: torch.Tensor, receiver: int, senders: list[int], config: ACDCConfig,
+                     current: float, start_layer: int, prefix) -> tuple[list[int], float]:
+    """Remove in one test the edges into `receiver` estimated to matter less than tau, if together they cost
+    less than tau; else retry with the half of smaller estimate, and so on. Edits `kept` in place; returns
+    the senders still to be tested one by one and the metric after the removal."""
+    estimate = config.estimates[:, receiver]
+    unlikely = sorted((s for s in senders if estimate[s] < config.tau), key=lambda s: float(estimate[s]))
+    while unlikely:
+        candidate = kept.clone()
+        candidate[unlikely, receiver] = False
+        value = float(ctx.evaluate(candidate, start_layer=start_layer, prefix=prefix))
+        if current - value < config.tau:
+            kept[unlikely, receiver] = False
+            gone = set(unlikely)
+            return [s for s in senders if s not in gone], value
+        unlikely = unlikely[:len(unlikely) // 2]
+    return senders, current
 
 
 def _save_checkpoint(path: str, graph: ModelGraph, kept, scores, trajectory, done) -> None:
