@@ -299,6 +299,19 @@ def text_vocabulary(model: nn.Module, task_name: str, n_examples: int) -> Vocabu
         raise TaskError(f"{task_name} needs text: this model has neither a tokenizer nor a word-level vocabulary") from e
 
 
+def draw_rows(task_name: str, n_examples: int, draw: Callable[[], tuple | None]) -> list[tuple]:
+    """`n_examples` rows from `draw()`, which returns None for a draw it rejects (e.g. a word merged with its
+    neighbour under the tokenizer); TaskError if too many draws are rejected."""
+    rows = []
+    for _ in range(20 * n_examples + 100):
+        row = draw()
+        if row is not None:
+            rows.append(row)
+            if len(rows) == n_examples:
+                return rows
+    raise TaskError(f"{task_name}: could not build clean and corrupted prompts of equal length in this vocabulary")
+
+
 # ---- loading -------------------------------------------------------------------------------
 def builtin_tasks() -> dict[str, str]:
     """Built-in task name -> one-line description."""

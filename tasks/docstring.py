@@ -34,7 +34,7 @@ import random
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,8 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     first_words = [w for w in words if w in _singles(vocab, WORDS, word_level=True)] or words
     seq_len = len(encode(functions[0], arg_names[:N_ARGS], first_words[:1] + words[:1] * (n_desc - 1), arg_names[:N_DOCUMENTED]))
     rng = random.Random(seed)
-    rows = []
-    attempts = 0
-    while len(rows) < n_examples:
-        attempts += 1
-        if attempts > 20 * n_examples + 100:
-            raise TaskError("docstring: could not build clean and corrupted prompts of equal length in this vocabulary")
+
+    def draw():
         picked = rng.sample(arg_names, 2 * N_ARGS)
         args, renamed = picked[:N_ARGS], picked[N_ARGS:]
         fn, desc = rng.choice(functions), [rng.choice(first_words)] + rng.choices(words, k=n_desc - 1)
@@ -128,9 +124,11 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         answer = names[args[N_DOCUMENTED]]
         # a name merged with its neighbour under this tokenizer would change the length or hide the answer
         if len(clean) != seq_len or len(corrupt) != seq_len or clean.count(answer) != 1 or answer in corrupt:
-            continue
+            return None
         wrong = [names[a] for a in args if a != args[N_DOCUMENTED]] + [names[a] for a in renamed]
-        rows.append((clean, corrupt, answer, wrong))
+        return clean, corrupt, answer, wrong
+
+    rows = draw_rows("docstring", n_examples, draw)
     return Task(
         name="docstring",
         clean=torch.tensor([r[0] for r in rows]),

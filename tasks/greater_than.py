@@ -20,7 +20,7 @@ import random
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +123,15 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
                  ", ".join(YEARS[y] for y in range(FIRST_YY, LAST_YY + 1) if y not in usable_yy))
 
     rng = random.Random(seed)
-    rows = []
-    attempts = 0
-    while len(rows) < n_examples:
-        attempts += 1
-        if attempts > 20 * n_examples + 100:
-            raise TaskError("greater-than: could not build clean and corrupted prompts of equal length in this vocabulary")
+
+    def draw():
         noun, yy = rng.choice(nouns), rng.choice(usable_yy)
         clean, corrupt = encode(noun, yy), encode(noun, CORRUPT_YY)
         if not (well_formed(clean, yy) and well_formed(corrupt, CORRUPT_YY)):
-            continue  # the noun merged with a neighbour under this tokenizer
-        rows.append((clean, corrupt, yy))
+            return None  # the noun merged with a neighbour under this tokenizer
+        return clean, corrupt, yy
+
+    rows = draw_rows("greater-than", n_examples, draw)
     answers = torch.full((n_examples, len(YEARS)), -1, dtype=torch.long)
     foils = torch.full((n_examples, len(YEARS)), -1, dtype=torch.long)
     for i, (_, _, yy) in enumerate(rows):

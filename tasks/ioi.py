@@ -20,7 +20,7 @@ import re
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary, text_vocabulary
+from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,8 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         log.info("ioi: using %d of %d templates (those of %d tokens)", len(templates), len(TEMPLATES), seq_len)
 
     rng = random.Random(seed)
-    rows = []
-    attempts = 0
-    while len(rows) < n_examples:
-        attempts += 1
-        if attempts > 20 * n_examples + 100:
-            raise TaskError("ioi: could not build prompts of equal length for clean and corrupted runs in this vocabulary")
+
+    def draw():
         template = templates[rng.randrange(len(templates))]
         io, s, x, y, z = rng.sample(list(names), 5)
         order = rng.choice(("ABBA", "BABA"))
@@ -117,8 +113,10 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         clean = encode(_text(template, word_level, A=first, B=second, S=s, P=place, O=obj))
         corrupt = encode(_text(template, word_level, A=x, B=y, S=z, P=place, O=obj))
         if len(clean) != seq_len or len(corrupt) != seq_len:
-            continue  # a name merged with its neighbour under this tokenizer
-        rows.append((clean, corrupt, names[io], names[s], template, order))
+            return None  # a name merged with its neighbour under this tokenizer
+        return clean, corrupt, names[io], names[s], template, order
+
+    rows = draw_rows("ioi", n_examples, draw)
     return Task(
         name="ioi",
         clean=torch.tensor([r[0] for r in rows]),
