@@ -203,6 +203,19 @@ class Vocabulary:
                             "choose a single-token answer (a leading space often helps)")
         return ids[0]
 
+    def word_ids(self, words: Sequence[str], space: bool = True) -> dict[str, int]:
+        """{word: id} for the `words` that are one token here: as they are in a word-level vocabulary, after a
+        space (unless `space` is False) under a BPE tokenizer. Words that are missing or split are left out."""
+        out = {}
+        for w in words:
+            try:
+                ids = self.encode(w if self.words or not space else " " + w)
+            except TaskError:
+                continue
+            if len(ids) == 1:
+                out[w] = ids[0]
+        return out
+
     def decode(self, ids: Sequence[int]) -> list[str]:
         if self.words:
             return [self.words[i] for i in ids]

@@ -34,7 +34,7 @@ import random
 import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, text_vocabulary
+from acdc_lite.task import Task, TaskError, draw_rows, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,6 @@ def _text(fn: str, args: list[str], documented: list[str], words: list[str], wor
     return f'def {fn}(self, {", ".join(args)}):\n    """{" ".join(words[:3])}\n\n{params}    :param'
 
 
-def _singles(vocab: Vocabulary, words: list[str], word_level: bool) -> dict[str, int]:
-    out = {}
-    for w in words:
-        try:
-            ids = vocab.encode(w if word_level else " " + w)
-        except TaskError:
-            continue
-        if len(ids) == 1:
-            out[w] = ids[0]
-    return out
-
-
 def _logit_diff_max(task: Task, model: nn.Module | None = None):
     """Answer logit minus the highest foil logit at the answer position, per example."""
     answers, foils, pos = task.answers[:, 0], task.foils, task.answer_pos
@@ -95,9 +83,9 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         missing = [w for w in FIXED_WORDS if w not in vocab.words]
         if missing:
             raise TaskError(f"docstring: words missing from this model's vocabulary: {' '.join(missing)}")
-    names = _singles(vocab, ARGS, word_level)
-    words = list(_singles(vocab, WORDS, word_level))
-    functions = list(_singles(vocab, FUNCTIONS, word_level))
+    names = vocab.word_ids(ARGS)
+    words = list(vocab.word_ids(WORDS))
+    functions = list(vocab.word_ids(FUNCTIONS))
     for found, minimum, what, pool in ((names, MIN_ARGS, "argument names", ARGS), (words, MIN_WORDS, "description words", WORDS),
                                        (functions, 1, "function names", FUNCTIONS)):
         if len(found) < minimum:
@@ -112,7 +100,7 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     arg_names = list(names)
     n_desc = 3 + 2 * N_DOCUMENTED
     # the first description word follows the quotes with no space; prefer words that are one token there too
-    first_words = [w for w in words if w in _singles(vocab, WORDS, word_level=True)] or words
+    first_words = [w for w in words if w in vocab.word_ids(WORDS, space=False)] or words
     seq_len = len(encode(functions[0], arg_names[:N_ARGS], first_words[:1] + words[:1] * (n_desc - 1), arg_names[:N_DOCUMENTED]))
     rng = random.Random(seed)
 

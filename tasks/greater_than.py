@@ -52,15 +52,8 @@ def _missing_words(vocab: Vocabulary, words) -> list[str]:
     return missing
 
 
-def _nouns(vocab: Vocabulary, word_level: bool) -> list[str]:
-    usable = []
-    for noun in NOUNS:
-        try:
-            ids = vocab.encode(noun if word_level else " " + noun)
-        except TaskError:
-            continue
-        if len(ids) == 1:
-            usable.append(noun)
+def _nouns(vocab: Vocabulary) -> list[str]:
+    usable = list(vocab.word_ids(NOUNS))
     if len(usable) < MIN_NOUNS:
         raise TaskError(f"greater-than needs at least {MIN_NOUNS} nouns that are single tokens in this model's vocabulary, "
                         f"found {len(usable)} ({', '.join(usable) or 'none'}); add some of {', '.join(NOUNS[:8])}, ... "
@@ -95,7 +88,7 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         if missing:
             raise TaskError(f"greater-than: words missing from this model's vocabulary: {', '.join(missing[:12])}"
                             + (f", ... ({len(missing)} in all)" if len(missing) > 12 else ""))
-    nouns = _nouns(vocab, word_level)
+    nouns = _nouns(vocab)
     year_ids = _year_ids(vocab)
     bos = vocab.bos
 

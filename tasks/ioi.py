@@ -55,16 +55,8 @@ def _text(template: str, word_level: bool, **slots: str) -> str:
     return re.sub(r" ([,.])", r"\1", text)  # "store , John" -> "store, John" for BPE tokenizers
 
 
-def _single(vocab: Vocabulary, word: str, word_level: bool) -> int | None:
-    try:
-        ids = vocab.encode(word if word_level else " " + word)
-    except TaskError:
-        return None
-    return ids[0] if len(ids) == 1 else None
-
-
-def _usable(vocab: Vocabulary, words: list[str], word_level: bool, minimum: int, what: str) -> dict[str, int]:
-    ids = {w: i for w in words if (i := _single(vocab, w, word_level)) is not None}
+def _usable(vocab: Vocabulary, words: list[str], minimum: int, what: str) -> dict[str, int]:
+    ids = vocab.word_ids(words)
     if len(ids) < minimum:
         raise TaskError(f"ioi needs at least {minimum} {what} that are single tokens in this model's vocabulary, "
                         f"found {len(ids)} ({', '.join(ids) or 'none'}); IOI supports GPT-2-style BPE tokenizers "
@@ -76,9 +68,9 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
     """The IOI task for `model`'s tokenizer or word vocabulary (see the module docstring)."""
     vocab = text_vocabulary(model, "ioi", n_examples)
     word_level = vocab.words is not None
-    names = _usable(vocab, NAMES, word_level, MIN_NAMES, "names")
-    places = list(_usable(vocab, PLACES, word_level, MIN_PLACES, "places"))
-    objects = list(_usable(vocab, OBJECTS, word_level, MIN_OBJECTS, "objects"))
+    names = _usable(vocab, NAMES, MIN_NAMES, "names")
+    places = list(_usable(vocab, PLACES, MIN_PLACES, "places"))
+    objects = list(_usable(vocab, OBJECTS, MIN_OBJECTS, "objects"))
     bos = vocab.bos
 
     def encode(text: str) -> list[int]:
