@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -71,27 +70,14 @@ def discover(
 
     Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
     """
-    from acdc_lite.circuit import write_atomic
     from acdc_lite.pipeline import DiscoverConfig, run_discover, write_outputs
 
     def job():
         cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
                                      ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
                                      dtype=dtype, top_n=top_n)
-        checkpoint, started_with = out / "checkpoint.json", out / "checkpoint-config.json"
-        if resume:
-            if not checkpoint.is_file():
-                raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist; run without --resume")
-            if json.loads(started_with.read_text()) != json.loads(json.dumps(asdict(cfg))):
-                raise ValueError(f"{out} holds an interrupted run with other settings ({started_with}); "
-                                 "resume with the same options or use another --out")
-        elif cfg.method == "acdc":
-            checkpoint.unlink(missing_ok=True)
-            write_atomic(started_with, json.dumps(asdict(cfg)))
-        result = run_discover(cfg, progress=not quiet, checkpoint=checkpoint if cfg.method == "acdc" else None)
+        result = run_discover(cfg, progress=not quiet, checkpoint_dir=out, resume=resume)
         files = write_outputs(result, out)
-        checkpoint.unlink(missing_ok=True)
-        started_with.unlink(missing_ok=True)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
                    f"faithfulness {_number(c.metrics['faithfulness'])}, {c.provenance['seconds']:.1f} s, "
@@ -200,7 +186,7 @@ def benchmark(
         if suite not in SUITES:
             raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
         kwargs = {"methods": methods.split(",")} if methods else {}
-        rows = SUITES[suite](**kwargs, **({"seed": seed} if suite != "scale" else {}))
+        rows = SUITES[suite](seed=seed, **kwargs)
         notes = [f"Written by `acdc-lite benchmark {suite}` ({SUITES[suite].__doc__.splitlines()[0]})",
                  "Columns: see the module docstring of acdc_lite/benchmark.py."]
         md, csv = write_table(rows, out, suite, f"Benchmark: {suite}", notes)

@@ -166,15 +166,15 @@ def gpt2_suite(model: str = "gpt2", n_examples: int = 32, seed: int = 0,
 
 
 # ---- scale: one subprocess per method, so each peak memory is its own ----------------------------
-def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -> dict:
+def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, seed: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from acdc_lite.models import load_model
     from acdc_lite.search import attribution, search
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = load_model(GPT2LMHeadModel(GPT2Config()).eval())
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     clean = torch.randint(0, 50257, (n_prompts, seq_len), generator=g)
     corrupt = torch.randint(0, 50257, (n_prompts, seq_len), generator=g)
     answers, foils = torch.randint(0, 50257, (n_prompts, 1), generator=g), torch.randint(0, 50257, (n_prompts, 1), generator=g)
@@ -198,12 +198,12 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int) -
 
 
 def scale_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tuple[int, int]] = ((32, 16), (16, 32)),
-                batch_size: int = 8) -> list[dict]:
+                batch_size: int = 8, seed: int = 0) -> list[dict]:
     """Attribution on a GPT-2-small-shaped random model, prompts x tokens in `shapes`, chunks of `batch_size`
     prompts (to stay within 4 GB); each run in its own subprocess."""
     rows = []
     for method, (n_prompts, seq_len) in ((m, shape) for m in methods for shape in shapes):
-        args = json.dumps([method, n_prompts, seq_len, batch_size])
+        args = json.dumps([method, n_prompts, seq_len, batch_size, seed])
         out = subprocess.run([sys.executable, "-m", "acdc_lite.benchmark", args], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"scale benchmark {method} failed:\n{out.stderr[-2000:]}")
@@ -230,5 +230,5 @@ def write_table(rows: list[dict], out_dir: str | Path, name: str, title: str, no
     return md, csv
 
 
-if __name__ == "__main__":  # python -m acdc_lite.benchmark '["eap", 32, 16, 32]' (used by scale_suite)
+if __name__ == "__main__":  # python -m acdc_lite.benchmark '["eap", 32, 16, 8, 0]' (used by scale_suite)
     print(json.dumps(_scale_measure(*json.loads(sys.argv[1]))))

@@ -83,12 +83,27 @@ class DiscoverOutput:
     svg_problem: str | None
 
 
-def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: str | Path | None = None) -> DiscoverOutput:
-    """Load, search and render; writes nothing but ACDC's `checkpoint` (resumed from if it exists)."""
-    if checkpoint is not None and config.method != "acdc":
-        raise SearchError(f"only acdc runs can be checkpointed and resumed, not {config.method}")
+CHECKPOINT, CHECKPOINT_CONFIG = "checkpoint.json", "checkpoint-config.json"
+
+
+def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint_dir: str | Path | None = None,
+                 resume: bool = False) -> DiscoverOutput:
+    """Load, search and render. Writes nothing, except that an acdc run given `checkpoint_dir` checkpoints
+    there (with the settings it started with) once the search starts; `resume` continues from that."""
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None and config.method == "acdc" else None
+    settings = json.loads(json.dumps(asdict(config)))
+    if resume:
+        if checkpoint is None or not checkpoint.is_file():
+            raise SearchError(f"nothing to resume in {checkpoint_dir}: only an interrupted acdc run leaves a {CHECKPOINT}; "
+                              "run without --resume")
+        if json.loads(checkpoint.with_name(CHECKPOINT_CONFIG).read_text()) != settings:
+            raise SearchError(f"{checkpoint_dir} holds an interrupted run with other settings ({CHECKPOINT_CONFIG}); "
+                              "resume with the same options or use another output directory")
     model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype])
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
+    if checkpoint is not None and not resume:  # a fresh run: forget any earlier interrupted one
+        checkpoint.unlink(missing_ok=True)
+        write_atomic(checkpoint.with_name(CHECKPOINT_CONFIG), json.dumps(settings))
     circuit = discover(model, task, config.method, seed=config.seed, ablation=config.ablation, metric=config.metric,
                        tau=config.tau, level=config.level, top_n=config.top_n, target_faithfulness=config.target_faithfulness,
                        ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress,
@@ -114,4 +129,6 @@ def write_outputs(out: DiscoverOutput, directory: str | Path) -> list[Path]:
         written.append(directory / "circuit.svg")
     write_atomic(directory / "config.json", json.dumps(asdict(out.config), indent=1) + "\n")
     written.append(directory / "config.json")
+    for name in (CHECKPOINT, CHECKPOINT_CONFIG):  # the run is complete: nothing left to resume
+        (directory / name).unlink(missing_ok=True)
     return written

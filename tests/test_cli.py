@@ -1,6 +1,6 @@
 """The CLI through typer's runner, on a small model saved to disk and a JSONL task."""
 
-import dataclasses
+import functools
 import json
 
 import pytest
@@ -63,6 +63,18 @@ def test_bad_inputs_give_one_line_and_no_output(setup, args, needle, monkeypatch
     assert needle in res.output, res.output
     assert len([line for line in res.output.strip().splitlines() if line.startswith("error")]) == 1
     assert not out.exists()
+
+
+def test_failed_acdc_run_leaves_no_output(setup, monkeypatch):
+    """ACDC checkpoints into --out, but only once the search starts: bad input writes nothing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = setup / "bad-acdc"
+    res = run("discover", "--method", "acdc", "--model", setup / "model", "--task", "no-such-task", "--out", out, "--quiet")
+    assert res.exit_code != 0 and "unknown task" in res.output
+    assert not out.exists()
+    res = run("discover", "--method", "eap", "--model", setup / "model", "--task", setup / "task.jsonl", "--out", out,
+              "--quiet", "--resume")
+    assert res.exit_code != 0 and "nothing to resume" in res.output and not out.exists()
 
 
 def test_malformed_jsonl_names_the_line(setup):
@@ -135,9 +147,7 @@ def test_resume_continues_an_interrupted_acdc_run(zoo_runs, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(acdc, "_save_checkpoint", interrupt_after_first_save)
-    defaults = list(acdc.ACDCConfig.__init__.__defaults__)  # every field has a default, in field order
-    defaults[[f.name for f in dataclasses.fields(acdc.ACDCConfig)].index("checkpoint_every")] = 5
-    monkeypatch.setattr(acdc.ACDCConfig.__init__, "__defaults__", tuple(defaults))
+    monkeypatch.setattr(acdc, "ACDCConfig", functools.partial(acdc.ACDCConfig, checkpoint_every=5))
     res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet")
     assert res.exit_code != 0 and (out / "checkpoint.json").is_file() and not (out / "circuit.json").exists()
     done = json.loads((out / "checkpoint.json").read_text())["done_receivers"]
