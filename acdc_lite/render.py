@@ -309,15 +309,11 @@ def render_file(circuit: Circuit, path: str | Path, fmt: str = "svg", **kwargs) 
     if fmt not in ("svg", "dot", "png"):
         raise RenderError(f"unknown format {fmt!r}; choose svg, dot or png")
     dot_text = to_dot(circuit, **kwargs)
-    if fmt == "dot":
-        write_atomic(path, dot_text)
-    elif fmt == "svg":
-        write_atomic(path, dot_to_svg(dot_text))
-    else:
+    if fmt == "png":
         require_dot()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(graphviz.pipe("dot", "png", dot_text.encode()))
-        tmp.replace(path)
+        write_atomic(path, graphviz.pipe("dot", "png", dot_text.encode()))
+    else:
+        write_atomic(path, dot_text if fmt == "dot" else dot_to_svg(dot_text))
     return path
 
 
