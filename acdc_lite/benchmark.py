@@ -180,7 +180,7 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, s
     answers, foils = torch.randint(0, 50257, (n_prompts, 1), generator=g), torch.randint(0, 50257, (n_prompts, 1), generator=g)
     task = Task("random-logit-diff", clean, corrupt, answers, foils)
     forward = plain_forward_seconds(model, clean, batch_size)
-    resident = peak_memory_mb()
+    loading_peak = peak_memory_mb()
     reset_peak_memory()  # the model's loading peak is not the search's
     started = time.perf_counter()
     if method in ("eap", "eap-ig"):  # the scores alone: corrupted cache, then forward + backward (x ig steps)
@@ -194,7 +194,7 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, s
             "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
             "batch_size": batch_size, "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
             **({"scoring_seconds": round(scoring, 1), "scoring_x_forward": round(scoring / forward, 1)} if scoring > 0.01 else {}),
-            "resident_before_mb": round(resident), "peak_rss_mb": round(peak_memory_mb())}
+            "loading_peak_mb": round(loading_peak), "peak_rss_mb": round(peak_memory_mb())}
 
 
 def scale_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tuple[int, int]] = ((32, 16), (16, 32)),

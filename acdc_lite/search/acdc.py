@@ -14,8 +14,11 @@ only the layers from the receiver's on (the layers below are still the full mode
 visited later). Tests run in speculative batches that are exact: candidates k = 1..C remove the
 first k untested edges cumulatively; decisions are read in order up to the first kept edge, and the
 rest of the batch is discarded. C doubles after a batch of removals (up to `batch`) and falls back to
-1 after a kept edge, so little is wasted where edges matter. A checkpoint (JSON) is written every `checkpoint_every` decisions
-and on interruption; resuming from it gives the identical circuit.
+1 after a kept edge, so little is wasted where edges matter. A checkpoint (JSON) is written every
+`checkpoint_every` decisions and on interruption; resuming from it gives the identical circuit.
+
+With `estimates` (the hybrid's attribution), each receiver first tries to drop, in one pass, the edges
+estimated below tau (see `_remove_unlikely`); only the rest are tested one by one.
 """
 
 from __future__ import annotations
