@@ -4,7 +4,7 @@ File layout (schema_version 1): `schema_version`, `edge_convention`, `model` (na
 n_layers, n_heads, has_mlp, parallel_attn_mlp, fingerprint), `task`, `method` (name, params),
 `ablation`, `edges` (kept edge name -> score), `nodes`, `metrics`, `provenance` (package version,
 seed, seconds, forward_passes, backward_passes) and optionally `scores` (every edge's score, for
-rankings). Scores are signed: higher = more important to the clean behaviour.
+rankings) and `roles` (head name -> role from the head detectors). Scores are signed: higher = more important to the clean behaviour.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Circuit:
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     scores: dict[str, float] | None = None  # every edge's score, when the method produced a ranking
+    roles: dict[str, str] = field(default_factory=dict)  # head name -> role (explore.heads detectors), optional
 
     def __post_init__(self):
         graph = self.model.graph()
@@ -154,6 +155,8 @@ class Circuit:
         }
         if self.scores is not None:
             d["scores"] = self.scores
+        if self.roles:
+            d["roles"] = self.roles
         return d
 
     @classmethod
@@ -167,7 +170,7 @@ class Circuit:
         try:
             return cls(model=ModelRef(**d["model"]), edges=d["edges"], task=d.get("task", {}), method=d.get("method", {}),
                        ablation=d.get("ablation", "resample"), metrics=d.get("metrics", {}),
-                       provenance=d.get("provenance", {}), scores=d.get("scores"))
+                       provenance=d.get("provenance", {}), scores=d.get("scores"), roles=d.get("roles") or {})
         except (KeyError, TypeError) as e:
             raise CircuitError(f"{source} is not a circuit file: missing or malformed field {e}") from e
 

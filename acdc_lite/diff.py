@@ -19,7 +19,7 @@ import pandas as pd
 
 from acdc_lite.circuit import EDGE_CONVENTION, Circuit, CircuitError
 from acdc_lite.graph import Edge, Node, NodeKind
-from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, dot_to_svg, node_rank
+from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, display_roles, dot_to_svg, node_rank
 from acdc_lite.validate import jaccard
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,13 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
     """Compare circuits `a` and `b` (Circuits, circuit dicts or files).
 
     align: "identity" (same graph shape, edge by edge), "depth" (see module docstring) or "auto"
-    (identity when the shapes match). roles_*: {node name: role} used by depth alignment.
+    (identity when the shapes match). roles_*: {node name: role} used by depth alignment; by default the
+    roles each circuit carries (detected at discovery), with a zoo card's as an override (`display_roles`).
     """
     (ca, conv_a), (cb, conv_b) = _load(a), _load(b)
+    if ca is not None and cb is not None:
+        roles_a = display_roles(ca) if roles_a is None else roles_a
+        roles_b = display_roles(cb) if roles_b is None else roles_b
     if conv_a != conv_b or ca is None or cb is None:
         raise CircuitError(f"circuit A uses edge convention {conv_a!r} and B uses {conv_b!r}: their edges count different "
                            f"things (ACDC's convention adds q/k/v-input -> head edges to EAP-IG's). Convert both to "

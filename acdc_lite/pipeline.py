@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -108,6 +108,7 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint_dir: 
                        tau=config.tau, level=config.level, top_n=config.top_n, target_faithfulness=config.target_faithfulness,
                        ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress,
                        **({"checkpoint": str(checkpoint)} if checkpoint is not None else {}))
+    circuit = with_detected_roles(circuit, model, task)
     svg, problem = None, None
     try:
         from acdc_lite.render import render_svg, roles_for
@@ -118,6 +119,17 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint_dir: 
     except RuntimeError as e:
         problem = str(e)
     return DiscoverOutput(circuit, config, svg, problem)
+
+
+def with_detected_roles(circuit: Circuit, model, task) -> Circuit:
+    """`circuit` carrying the roles the head detectors give its heads on the task's prompts (how, in provenance)."""
+    from acdc_lite.explore.heads import detect_heads
+
+    heads = [str(h) for h in circuit.heads()]
+    if not heads:
+        return circuit
+    report = detect_heads(model, task, heads=heads)
+    return replace(circuit, roles=report.roles(), provenance={**circuit.provenance, "roles": report.describe()})
 
 
 def write_outputs(out: DiscoverOutput, directory: str | Path) -> list[Path]:

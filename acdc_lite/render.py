@@ -155,10 +155,11 @@ def build_dot(nodes: list[NodeSpec], edges: list[EdgeSpec], title: str, legend: 
 
 # ---- circuits ---------------------------------------------------------------------------------
 def circuit_roles(circuit: Circuit) -> dict[str, str]:
-    """Roles stored with a circuit (method.params.roles, as in the reference circuits), else {}."""
+    """Roles stored with a circuit: detected ones (`circuit.roles`, written by discover) over method.params.roles
+    (as in the reference circuits); {} when there are none."""
     params = circuit.method.get("params") or {}
     roles = params.get("roles") if isinstance(params, dict) else None
-    return dict(roles) if isinstance(roles, dict) else {}
+    return {**(dict(roles) if isinstance(roles, dict) else {}), **circuit.roles}
 
 
 def role_colors(roles: dict[str, str]) -> dict[str, str]:
@@ -323,10 +324,16 @@ def render_svg(circuit: Circuit, **kwargs) -> str:
 
 
 def roles_for(model_spec) -> dict[str, str]:
-    """{head name: class} from a zoo model card's ground truth, or {} for other models."""
+    """{head name: class} from a zoo model card's ground truth, or {} for other models: an override of the
+    roles a circuit carries (see `display_roles`)."""
     from acdc_lite import zoo
 
     name = str(model_spec)
     if not isinstance(model_spec, (str, Path)) or not zoo.exists(name):
         return {}
     return {row["head"]: row["class"] for row in zoo.card(name).get("ground_truth", []) if "head" in row and "class" in row}
+
+
+def display_roles(circuit: Circuit) -> dict[str, str]:
+    """The roles drawn for `circuit`: those it carries (detected at discovery), a zoo card's over them."""
+    return {**circuit_roles(circuit), **roles_for(circuit.model.name)}

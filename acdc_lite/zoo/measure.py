@@ -1,5 +1,8 @@
 """Measurements behind the zoo's model cards: head attention scores, task accuracy, head ablations.
 
+The card recipes (scores on BOS R R sequences, IOI position scores) live here; attention patterns and
+single-head ablations come from the head detectors (`acdc_lite.explore.heads`), which score any task.
+
 All functions are pure (they read the model, never change it) and work on any model from
 `load_model` (our SmallTransformer or a TransformerBridge).
 """
@@ -13,6 +16,8 @@ import torch
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.explore import heads as explore_heads
+from acdc_lite.explore.heads import attention_patterns
 from acdc_lite.models import model_info
 from acdc_lite.task import Task
 
@@ -25,22 +30,6 @@ def builtin_task_module(name: str) -> ModuleType:
         if not (e.name or "").startswith("acdc_lite.tasks"):
             raise
         return importlib.import_module(f"tasks.{name}")
-
-
-@torch.no_grad()
-def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer, the attention probabilities [b, head, query, key] on `tokens` [b, p]."""
-    n_layers = model_info(model).n_layers
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(x, hook):
-            store[layer] = x.detach().float().cpu()
-        return hook
-
-    with model.hooks(fwd_hooks=[(hooks.attn_pattern(layer), keep(layer)) for layer in range(n_layers)]):
-        model(tokens)
-    return [store[layer] for layer in range(n_layers)]
 
 
 def offset_scores(patterns: list[torch.Tensor], offset: int, queries: slice) -> torch.Tensor:
@@ -114,17 +103,10 @@ def _patched_metric(model: nn.Module, task: Task, results: dict[int, torch.Tenso
         return float(task.metric("logit_diff")(model(task.clean), torch.arange(len(task))).mean())
 
 
-@torch.no_grad()
 def head_ablation_effects(model: nn.Module, task: Task) -> torch.Tensor:
     """[layers, heads]: share of the clean-minus-corrupt logit difference lost when one head's output
     (at every position) is replaced by its output on the corrupted prompt (resample ablation)."""
-    info = model_info(model)
-    results, clean, corrupt = _corrupt_head_results(model, task)
-    effects = torch.zeros(info.n_layers, info.n_heads)
-    for layer in range(info.n_layers):
-        for head in range(info.n_heads):
-            effects[layer, head] = (clean - _patched_metric(model, task, results, [(layer, head)])) / (clean - corrupt)
-    return effects
+    return explore_heads.head_ablation_effects(model, task, metric="logit_diff")
 
 
 @torch.no_grad()
