@@ -41,7 +41,8 @@ class ModelRef:
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelRef:
-        from acdc_lite.models import fingerprint, model_info
+        from acdc_lite.models import fingerprint
+        from acdc_lite.shape import model_info
 
         i = model_info(model)
         return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model))

@@ -18,9 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from acdc_lite.circuit import EDGE_CONVENTION, Circuit, CircuitError
-from acdc_lite.graph import Edge, Node, NodeKind
+from acdc_lite.graph import Edge, Node, NodeKind, jaccard
 from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, display_roles, dot_to_svg, node_rank
-from acdc_lite.validate import jaccard
 
 log = logging.getLogger(__name__)
 

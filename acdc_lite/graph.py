@@ -138,7 +138,7 @@ class ModelGraph:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModelGraph:
-        from acdc_lite.models import model_info
+        from acdc_lite.shape import model_info
 
         info = model_info(model)
         return cls(info.n_layers, info.n_heads, info.has_mlp, info.parallel_attn_mlp)
@@ -299,6 +299,11 @@ def receiver_nodes(graph: ModelGraph) -> torch.Tensor:
     """[R] long: index into `graph.nodes` of each receiver column's node."""
     index = {n: i for i, n in enumerate(graph.nodes)}
     return torch.tensor([index[node] for node, _ in graph.receivers], dtype=torch.long)
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a & b| / |a | b| of two edge (or node) sets; 1.0 for two empty sets."""
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
 def connected_mask(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:

@@ -9,63 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.registry import MODEL_SOURCES, claiming
+from acdc_lite.shape import ModelInfo, ModelLoadError, is_bridge, model_info
 from acdc_lite.transformer import SmallTransformer
 
 log = logging.getLogger(__name__)
 
-
-class ModelLoadError(ValueError):
-    """A model spec that cannot be turned into a hooked model; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    architecture: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int  # < n_heads for grouped-query attention
-    d_model: int
-    d_vocab: int
-    has_mlp: bool
-    parallel_attn_mlp: bool
-    supports_start_at_layer: bool  # the patcher can skip unchanged layers
-
-
-def _is_bridge(model: nn.Module) -> bool:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    return isinstance(model, TransformerBridge)
-
-
-def model_info(model: nn.Module) -> ModelInfo:
-    """Shape facts about a model returned by `load_model`."""
-    if isinstance(model, SmallTransformer):
-        c = model.cfg
-        return ModelInfo(c.name, "SmallTransformer", c.n_layers, c.n_heads, c.n_heads, c.d_model, c.n_out,
-                         c.d_mlp > 0, False, True)
-    if _is_bridge(model):
-        c = model.cfg
-        return ModelInfo(
-            name=str(getattr(model, "acdc_name", None) or getattr(c, "model_name", "") or "external"),
-            architecture=str(c.architecture),
-            n_layers=c.n_layers,
-            n_heads=c.n_heads,
-            n_kv_heads=int(getattr(c, "n_key_value_heads", None) or c.n_heads),
-            d_model=c.d_model,
-            d_vocab=c.d_vocab_out if getattr(c, "d_vocab_out", -1) > 0 else c.d_vocab,
-            has_mlp=not bool(getattr(c, "attn_only", False)) and hooks.mlp_out(0) in model.hook_dict,
-            parallel_attn_mlp=bool(getattr(c, "parallel_attn_mlp", False)),
-            supports_start_at_layer=False,
-        )
-    raise ModelLoadError(f"{type(model).__name__} is not a model from acdc_lite.load_model; load it with load_model first")
+__all__ = ["ModelInfo", "ModelLoadError", "fingerprint", "load_model", "model_info"]
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -138,25 +94,26 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
 
     - `SmallTransformer` or a directory it saved: used as is.
     - Hugging Face `PreTrainedModel` (in memory) or a local HF directory: wrapped in a TransformerBridge.
-    - `tracr-<program>` (e.g. tracr-reverse): a compiled RASP program from `acdc_lite.tracr.PROGRAMS`
-      (needs `pip install 'acdc-lite[tracr]'`; compiled once per process).
+    - A name a registered model source claims (`acdc_lite.registry.MODEL_SOURCES`), e.g. `tracr-reverse`:
+      a compiled RASP program from `acdc_lite.tracr` (needs `pip install 'acdc-lite[tracr]'`).
     - Any other string: a zoo name, else a hub name booted with `TransformerBridge.boot_transformers`.
     """
     if isinstance(spec, SmallTransformer):
         return _finish(spec, device, dtype)
     if isinstance(spec, nn.Module):
-        bridge = spec if _is_bridge(spec) else _bridge_from_hf(spec, getattr(spec.config, "name_or_path", "") or "in-memory")
+        bridge = spec if is_bridge(spec) else _bridge_from_hf(spec, getattr(spec.config, "name_or_path", "") or "in-memory")
         _enable_circuit_hooks(bridge)
         return _finish(bridge, device, dtype)
     if not isinstance(spec, (str, Path)):
         raise ModelLoadError(f"cannot load a model from {type(spec).__name__}; pass a name, a directory or a model")
 
-    from acdc_lite import tracr, zoo
+    from acdc_lite import zoo
 
     name = str(spec)
-    if name.startswith(tracr.PREFIX):
+    source = claiming(MODEL_SOURCES, name)
+    if source is not None:
         try:
-            return _finish(tracr.model_by_name(name), device, dtype)
+            return _finish(source.load(name), device, dtype)
         except (ImportError, KeyError) as e:
             raise ModelLoadError(f"cannot load {name!r}: {e.args[0]}") from e
     if zoo.exists(name):

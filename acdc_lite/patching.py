@@ -30,7 +30,7 @@ from torch import nn
 
 from acdc_lite import hooks
 from acdc_lite.graph import ModelGraph
-from acdc_lite.models import model_info
+from acdc_lite.shape import model_info
 
 # metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

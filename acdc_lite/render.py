@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acdc_lite.circuit import Circuit, write_atomic
-from acdc_lite.graph import Edge, Node, NodeKind
-from acdc_lite.validate import connected_mask
+from acdc_lite.graph import Edge, Node, NodeKind, connected_mask
 
 log = logging.getLogger(__name__)
 

@@ -335,24 +335,25 @@ def builtin_tasks() -> dict[str, str]:
 
 def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, seed: int = 0,
               metric: str | None = None, check: bool = True) -> Task:
-    """A built-in task (see `builtin_tasks()`), a tracr program's (`tracr-reverse`, ...) or a JSONL file, built
+    """A built-in task (see `builtin_tasks()`), a registered task source's (`acdc_lite.registry.TASK_SOURCES`,
+    e.g. `tracr-reverse`) or a JSONL file, built
     for `model`'s tokenizer or vocabulary.
 
     With `check`, token ids are checked against the model's vocabulary and the clean and corrupted
     runs must differ on the metric (otherwise there is nothing to explain).
     """
     from acdc_lite import tasks
-    from acdc_lite.models import model_info
+    from acdc_lite.registry import TASK_SOURCES, claiming
+    from acdc_lite.shape import model_info
 
     if n_examples < 1:
         raise TaskError(f"n_examples must be at least 1, got {n_examples}")
     registry = tasks.registry()
     name = str(name_or_path)
-    if name.startswith("tracr-"):  # a compiled RASP program's task (acdc_lite.tracr); its model's outputs are not tokens
-        from acdc_lite import tracr
-
+    source = claiming(TASK_SOURCES, name)
+    if source is not None:  # e.g. a compiled tracr program's task, whose model's outputs are not tokens
         try:
-            task = tracr.task_by_name(name, model, n_examples=n_examples, seed=seed, metric=metric)
+            task = source.build(name, model, n_examples=n_examples, seed=seed, metric=metric)
         except (ImportError, KeyError) as e:
             raise TaskError(f"cannot build task {name!r}: {e.args[0]}") from e
         if check:

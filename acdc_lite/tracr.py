@@ -52,6 +52,7 @@ import torch
 from acdc_lite import hooks
 from acdc_lite.circuit import Circuit, ModelRef
 from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node, NodeKind, Port
+from acdc_lite.registry import MODEL_SOURCES, TASK_SOURCES, ModelSource, TaskSource
 from acdc_lite.task import Task, TaskError
 from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
 
@@ -577,6 +578,25 @@ def task_by_name(name: str, model, n_examples: int | None = None, seed: int = 0,
     n = min(n_examples or prog.default_examples, len(prog.all_inputs()))
     task = prog.make_task(n, seed=seed)
     return replace(task, default_metric=metric) if metric else task
+
+
+def _claims(name: str) -> bool:
+    return str(name).startswith(PREFIX)
+
+
+def _names() -> list[str]:
+    return [PREFIX + p for p in PROGRAMS]
+
+
+MODEL_SOURCE = ModelSource("tracr", _claims, model_by_name, _names)
+TASK_SOURCE = TaskSource("tracr", _claims, task_by_name, _names)
+
+
+def register() -> None:
+    """Make `load_model("tracr-<program>")` and `load_task("tracr-<program>", model)` find this module's programs
+    (called by the package's plugin hook; see `acdc_lite.registry`)."""
+    MODEL_SOURCES.register(MODEL_SOURCE.name, MODEL_SOURCE)
+    TASK_SOURCES.register(TASK_SOURCE.name, TASK_SOURCE)
 
 
 # ---- benchmark: every search method against the ground truth ---------------------------------------------

@@ -34,9 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
-from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, receiver_nodes, tie_kv_groups
+from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, jaccard, receiver_nodes, tie_kv_groups
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
-from acdc_lite.search.select import top_n
+from acdc_lite.ranking import top_n
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
@@ -252,11 +252,6 @@ def _node_edges(graph: ModelGraph, node: Node) -> torch.Tensor:
     cols = [i for i, (n, _) in enumerate(graph.receivers) if n == node]
     out[:, cols] = True
     return out & graph.valid
-
-
-def jaccard(a: set, b: set) -> float:
-    """|a & b| / |a | b|; 1.0 for two empty sets."""
-    return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
 # ---- measurement helpers --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from acdc_lite.cli import app
 
 runner = CliRunner()
 
@@ -194,3 +194,16 @@ def test_metric_blind_to_the_ablation_still_writes_a_valid_circuit(setup, tmp_pa
     circuit.save(tmp_path / "c.json")
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["metrics"]["faithfulness"] is None and saved["edges"] == {}
+
+
+def test_version_flag_command_and_python_m_agree():
+    import subprocess
+    import sys
+
+    from acdc_lite import __version__
+
+    flag, command = run("--version"), run("version")
+    assert flag.exit_code == 0 and command.exit_code == 0
+    assert json.loads(flag.output)["acdc-lite"] == __version__ == json.loads(command.output)["acdc-lite"]
+    out = subprocess.run([sys.executable, "-m", "acdc_lite", "--version"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["acdc-lite"] == __version__

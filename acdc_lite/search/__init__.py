@@ -19,10 +19,10 @@ from torch import nn
 
 from acdc_lite.circuit import Circuit, ModelRef
 from acdc_lite.graph import tie_kv_groups
-from acdc_lite.models import model_info
 from acdc_lite.patching import Ablation
 from acdc_lite.search import acdc, attribution, head_pruning, hybrid, select
 from acdc_lite.search.common import SearchContext, SearchResult, node_mask_to_edges, prune_dangling
+from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)

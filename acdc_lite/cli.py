@@ -1,0 +1,254 @@
+"""acdc-lite command line: parse, one library call, write. Run `acdc-lite --help` (or `python -m acdc_lite`).
+
+Every command imports the library (and so torch) inside its body: `--help`, `--version`, `version`,
+`tasks list` and `zoo list` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Automated circuit discovery for transformer language models.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Models shipped with acdc-lite.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks.")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(tasks_app, name="tasks")
+
+STATE = {"debug": False}
+
+
+def _version_text() -> str:
+    from acdc_lite import __version__
+
+    return json.dumps({"acdc-lite": __version__, "python": sys.version.split()[0]})
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(error: BaseException) -> None:
+    """One clear line on stderr and exit code 1 (a traceback only with --debug)."""
+    if STATE["debug"]:
+        raise error
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+def _number(x) -> str:
+    return "n/a (the metric is the same for the full and the ablated model)" if x is None else f"{x:.3f}"
+
+
+def _guard(fn):
+    try:
+        return fn()
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError, ImportError, OSError) as e:
+        _fail(e)
+
+
+@app.command()
+def discover(
+    model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file."),
+    method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
+    tau: float | None = typer.Option(None, help="Pruning threshold (metric units; default depends on method)."),
+    metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl"),
+    ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
+    level: str | None = typer.Option(None, help="edge | node"),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Number of prompts."),
+    seed: int | None = typer.Option(None, help="Random seed (task sampling, search order)."),
+    device: str | None = typer.Option(None, help="Torch device, e.g. cpu or cuda:0."),
+    dtype: str | None = typer.Option(None, help="float32 | float64 | bfloat16 | float16"),
+    top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
+    out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
+    resume: bool = typer.Option(False, "--resume", help="acdc: continue an interrupted run from OUT/checkpoint.json."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Find a circuit and write OUT/circuit.json, OUT/circuit.svg and OUT/config.json.
+
+    Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
+    """
+    from acdc_lite.pipeline import DiscoverConfig, run_discover, write_outputs
+
+    def job():
+        cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
+                                     ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
+                                     dtype=dtype, top_n=top_n)
+        result = run_discover(cfg, progress=not quiet, checkpoint_dir=out, resume=resume)
+        files = write_outputs(result, out)
+        c = result.circuit
+        typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
+                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.provenance['seconds']:.1f} s, "
+                   f"{c.provenance['forward_passes']:.0f} forward passes")
+        if result.svg_problem:
+            typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
+        typer.echo("wrote " + ", ".join(str(f) for f in files))
+
+    _guard(job)
+
+
+def _circuit_model_task(circuit, model: str | None, task: str | None, n_examples: int | None, seed: int):
+    """The model and task a saved circuit was found on, unless given."""
+    from acdc_lite.models import load_model
+    from acdc_lite.task import load_task
+
+    hooked = load_model(model or circuit.model.name)
+    name = task or circuit.task.get("name")
+    if not name:
+        raise ValueError("the circuit does not name its task; pass --task")
+    return hooked, load_task(name, hooked, n_examples=n_examples or circuit.task.get("n_examples", 64), seed=seed)
+
+
+@app.command()
+def validate(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's task."),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Default: as many as the circuit was found with."),
+    seed: int = typer.Option(0, help="Task sampling and random-baseline seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+):
+    """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
+
+    Example: acdc-lite validate runs/discover/circuit.json --json
+    """
+    def job():
+        from acdc_lite.circuit import Circuit, write_atomic
+        from acdc_lite.validate import validate as run_validate
+
+        c = Circuit.load(circuit)
+        hooked, t = _circuit_model_task(c, model, task, n_examples, seed)
+        report = run_validate(hooked, t, c, seed=seed, progress=False)
+        text = json.dumps(report.to_dict(), indent=1)
+        if out is not None:
+            write_atomic(out, text + "\n")
+        typer.echo(text if as_json else report.summary())
+
+    _guard(job)
+
+
+@app.command()
+def render(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CIRCUIT with the format's suffix)."),
+    fmt: str = typer.Option("svg", "--format", "-f", help="svg | dot | png"),
+):
+    """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.render import render_file, roles_for
+
+        c = Circuit.load(circuit)
+        path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=roles_for(c.model.name))
+        typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@app.command()
+def diff(
+    a: Path = typer.Argument(..., help="First circuit.json."),
+    b: Path = typer.Argument(..., help="Second circuit.json (same or another model)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the drawing of the difference (SVG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+):
+    """Compare two circuits, of one model or of two. Example: acdc-lite diff runs/a/circuit.json runs/b/circuit.json -o d.svg"""
+    def job():
+        from acdc_lite.circuit import write_atomic
+        from acdc_lite.diff import diff as run_diff
+
+        d = run_diff(a, b)
+        if out is not None:
+            write_atomic(out, d.to_svg())
+        summary = d.to_dict()
+        typer.echo(d.to_json() if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+
+    _guard(job)
+
+
+@app.command()
+def benchmark(
+    suite: str = typer.Argument("zoo", help="zoo | tracr | gpt2 | scale"),
+    out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="Directory for SUITE.md and SUITE.csv."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods (default: the suite's)."),
+):
+    """Run the search methods on a ground-truth suite and write a results table (markdown + CSV).
+
+    Example: acdc-lite benchmark zoo --out benchmarks
+    """
+    def job():
+        from acdc_lite.benchmark import SUITES, write_table
+
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+        kwargs = {"methods": methods.split(",")} if methods else {}
+        rows = SUITES[suite](seed=seed, **kwargs)
+        notes = [f"Written by `acdc-lite benchmark {suite}` ({SUITES[suite].__doc__.splitlines()[0]})",
+                 "Columns: see the module docstring of acdc_lite/benchmark.py."]
+        md, csv = write_table(rows, out, suite, f"Benchmark: {suite}", notes)
+        typer.echo(f"wrote {md} and {csv}")
+
+    _guard(job)
+
+
+@zoo_app.command("list")
+def zoo_list():
+    """List shipped models with their ground-truth heads. Example: acdc-lite zoo list"""
+    from acdc_lite import zoo
+
+    for name in zoo.names():
+        card = zoo.card(name)
+        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
+        typer.echo(f"{name:24s} {heads}")
+
+
+@zoo_app.command("train")
+def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
+              out: Path | None = typer.Option(None, help="Write here instead of the package's zoo directory.")):
+    """Re-train a zoo model. Example: acdc-lite zoo train induction-attn-2l"""
+    def job():
+        from acdc_lite.zoo import ZOO_DIR, train
+
+        path = out or ZOO_DIR / name
+        _, card = train.train(name, seed=seed, out_dir=path)
+        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
+        typer.echo(f"wrote {path}; ground-truth heads: {heads}")
+
+    _guard(job)
+
+
+@tasks_app.command("list")
+def tasks_list():
+    """List built-in tasks. Example: acdc-lite tasks list"""
+    from acdc_lite.task import builtin_tasks
+
+    for name, description in builtin_tasks().items():
+        typer.echo(f"{name:14s} {description}")
+
+
+@app.command()
+def version():
+    """Print the version. Example: acdc-lite version"""
+    typer.echo(_version_text())
