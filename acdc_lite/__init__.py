@@ -53,13 +53,14 @@ def __dir__() -> list[str]:
 
 
 def _builtin_providers() -> None:
-    """Register the providers shipped with the package (run once, on the first registry lookup)."""
+    """Register the providers shipped with the package (run once, on a source registry's first lookup)."""
     from acdc_lite import tracr
 
     tracr.register()
 
 
-_registry.add_plugin(_builtin_providers)
+_registry.MODEL_SOURCES.add_plugin(_builtin_providers)
+_registry.TASK_SOURCES.add_plugin(_builtin_providers)
 
 # `acdc_lite.search`, `.validate`, `.render` and `.diff` are the functions, as they always were, although a
 # submodule of each name exists: importing the submodule must not rebind the package attribute to it.

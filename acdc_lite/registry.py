@@ -5,10 +5,10 @@ provides it. Who fills what:
 - `MODEL_SOURCES` and `TASK_SOURCES`: families of model / task names, each deciding which names are its own
   (`acdc_lite.tracr.register()` adds the `tracr-<program>` family). `load_model` and `load_task` ask them
   before their own rules.
-- Plugins: `acdc_lite/__init__.py` adds one plugin, a function that imports the built-in providers and
-  calls their `register()`. Plugins run once, on the first lookup (or listing) of any registry, so
-  importing a low-level module registers nothing and costs nothing; a user adds their own providers with
-  `registry.MODEL_SOURCES.register(name, factory)` or `registry.add_plugin(fn)`.
+- Plugins: `acdc_lite/__init__.py` adds to MODEL_SOURCES and TASK_SOURCES one plugin, a function that imports
+  the built-in providers (tracr) and calls their `register()`. A registry runs its plugins once, on its first
+  lookup (or listing), so importing a low-level module registers nothing and costs nothing; a user adds
+  their own providers with `MODEL_SOURCES.register(name, source)` or `MODEL_SOURCES.add_plugin(fn)`.
 """
 
 from __future__ import annotations
@@ -20,33 +20,30 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-_plugins: list[Callable[[], None]] = []
-_loaded: set[int] = set()
 _lock = threading.RLock()
 
 
-def add_plugin(fn: Callable[[], None]) -> None:
-    """Run `fn` once before the next lookup in any registry (it registers providers)."""
-    with _lock:
-        if fn not in _plugins:
-            _plugins.append(fn)
-
-
-def load_plugins() -> None:
-    """Run every plugin that has not run yet (in the order they were added)."""
-    with _lock:
-        for fn in list(_plugins):
-            if id(fn) not in _loaded:
-                _loaded.add(id(fn))
-                fn()
-
-
 class Registry(Generic[T]):
-    """Unique names -> objects; lookups run pending plugins first."""
+    """Unique names -> objects; lookups first run this registry's pending plugins (functions that register)."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._plugins: list[Callable[[], None]] = []
+        self._ran: list[Callable[[], None]] = []
+
+    def add_plugin(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once, before this registry's next lookup (it registers entries)."""
+        with _lock:
+            if fn not in self._plugins:
+                self._plugins.append(fn)
+
+    def load_plugins(self) -> None:
+        with _lock:
+            for fn in list(self._plugins):
+                if fn not in self._ran:
+                    self._ran.append(fn)
+                    fn()
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._items)} entries)"
@@ -60,21 +57,21 @@ class Registry(Generic[T]):
         return item
 
     def get(self, name: str) -> T | None:
-        load_plugins()
+        self.load_plugins()
         return self._items.get(name)
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        self.load_plugins()
         return name in self._items
 
     def __getitem__(self, name: str) -> T:
-        load_plugins()
+        self.load_plugins()
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {', '.join(self._items) or 'none'}")
         return self._items[name]
 
     def names(self) -> list[str]:
-        load_plugins()
+        self.load_plugins()
         return list(self._items)
 
     def __iter__(self) -> Iterator[str]:

@@ -22,9 +22,7 @@ def test_registry_names_duplicates_and_unknown():
         reg["zz"]
 
 
-def test_plugins_run_once_on_first_lookup(monkeypatch):
-    monkeypatch.setattr(registry, "_plugins", [])
-    monkeypatch.setattr(registry, "_loaded", set())
+def test_plugins_run_once_on_first_lookup():
     reg = registry.Registry("thing")
     calls = []
 
@@ -32,8 +30,8 @@ def test_plugins_run_once_on_first_lookup(monkeypatch):
         calls.append(1)
         reg.register("late", 42)
 
-    registry.add_plugin(plugin)
-    registry.add_plugin(plugin)  # added once
+    reg.add_plugin(plugin)
+    reg.add_plugin(plugin)  # added once
     assert calls == []  # adding runs nothing
     assert reg.get("late") == 42 and "late" in reg and reg.names() == ["late"]
     assert calls == [1]
