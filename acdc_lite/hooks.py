@@ -38,3 +38,11 @@ def mlp_out(layer: int) -> str:
 def attn_pattern(layer: int) -> str:
     """Attention probabilities, [batch, head, query_pos, key_pos]."""
     return f"blocks.{layer}.attn.hook_pattern"
+
+
+def tl_activation(name: str, layer: int) -> str:
+    """TransformerLens' full hook name of activation `name` ("z", "q", "k", "v", "pattern", "resid_pre",
+    "attn_out", "mlp_out", ...) at `layer`: the names `transformer_lens.patching` sweeps address."""
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name(name, layer)

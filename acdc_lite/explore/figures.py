@@ -40,7 +40,7 @@ def diverging_heatmap(values, *, title: str, xlabel: str, ylabel: str, colorbar_
     lim = lim if lim > 0 else 1.0
     if ax is None:
         rows, cols = v.shape
-        fig = Figure(figsize=(min(2.0 + 0.55 * cols, 16), min(1.6 + 0.45 * rows, 14)), layout="constrained")
+        fig = Figure(figsize=(min(3.0 + 0.6 * cols, 18), min(3.2 + 0.4 * rows, 14)), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -60,7 +60,7 @@ def diverging_heatmap(values, *, title: str, xlabel: str, ylabel: str, colorbar_
     if annotate:
         for (i, j), x in np.ndenumerate(v):
             if np.isfinite(x):
-                ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{x:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=7,
                         color="white" if abs(x) > 0.6 * lim else "black")
     return fig
 
