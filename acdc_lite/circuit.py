@@ -38,6 +38,7 @@ class ModelRef:
     has_mlp: bool
     parallel_attn_mlp: bool
     fingerprint: str
+    d_model: int | None = None  # residual width: exports (EAP-IG / MIB cfg) need it; None in files before it was kept
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelRef:
@@ -45,7 +46,7 @@ class ModelRef:
         from acdc_lite.shape import model_info
 
         i = model_info(model)
-        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model))
+        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model), i.d_model)
 
     def graph(self) -> ModelGraph:
         return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)

@@ -46,6 +46,7 @@ def to_eap_json(circuit: Circuit, path: str | Path | None = None, d_model: int |
     scores = _score_table(circuit)
     kept = set(circuit.edges)
     in_nodes = set(circuit.nodes)
+    d_model = d_model if d_model is not None else circuit.model.d_model
     if d_model is None:
         log.warning("d_model unknown: EAP-IG's Graph.from_json needs cfg.d_model; pass d_model=")
     d = {
