@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from acdc_lite.circuit import EDGE_CONVENTION, Circuit, CircuitError
 from acdc_lite.graph import Edge, Node, NodeKind, jaccard
-from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, display_roles, dot_to_svg, node_rank
+from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, display_order, display_roles, dot_to_svg, node_rank
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class CircuitDiff:
     scores_a: dict  # aligned edge -> score in A (max |score| member)
     scores_b: dict
     node_ranks: dict  # node -> [rank, rank label, kind], for drawing
+    roles: dict = field(default_factory=dict)  # node -> role label shown in drawings ("A role / B role" if they differ)
 
     @property
     def is_empty(self) -> bool:
@@ -75,16 +76,17 @@ class CircuitDiff:
             rows += [("node", n, status, None, None) for n in items]
         return pd.DataFrame(rows, columns=["level", "item", "status", "score_a", "score_b"])
 
-    def to_dot(self, direction: str = "BT") -> str:
-        """DOT text of the overlay: A-only orange, B-only purple, shared dark grey."""
+    def to_dot(self, direction: str = "BT", roles: dict[str, str] | None = None) -> str:
+        """DOT text of the overlay: A-only orange, B-only purple, shared dark grey; `roles` label nodes."""
         status = {**{n: "shared" for n in self.shared_nodes}, **{n: "a" for n in self.only_a_nodes},
                   **{n: "b" for n in self.only_b_nodes}}
         border = {"shared": COLOR_BOTH, "a": COLOR_A, "b": COLOR_B}
         nodes = []
         for name, st in status.items():
             rank, label, kind = self.node_ranks[name]
-            nodes.append(NodeSpec(name, (name,), kind, rank, label, KIND_COLORS[kind], border[st],
-                                  ports=kind == "head", tooltip=f"{name} ({st})"))
+            role = (self.roles if roles is None else roles).get(name)
+            nodes.append(NodeSpec(name, (name, role) if role else (name,), kind, rank, label, KIND_COLORS[kind], border[st],
+                                  ports=kind == "head", tooltip=f"{name} ({st})", order=display_order(name)))
         edges = []
         for st, items in (("shared", self.shared_edges), ("a", self.only_a_edges), ("b", self.only_b_edges)):
             for name in items:
@@ -107,6 +109,11 @@ class CircuitDiff:
         if path is not None:
             write_atomic(Path(path), svg)
         return svg
+
+
+def _merged_roles(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
+    """One label per node of two role maps over the same graph: the shared role, or 'A role / B role'."""
+    return {n: a.get(n, "-") if a.get(n) == b.get(n) else f"{a.get(n, '-')} / {b.get(n, '-')}" for n in sorted(set(a) | set(b))}
 
 
 def _split_edge(name: str) -> tuple[str, str, str | None]:
@@ -182,6 +189,7 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
         shared_edges=tuple(sorted(sa & sb)), only_a_edges=tuple(sorted(sa - sb)), only_b_edges=tuple(sorted(sb - sa)),
         shared_nodes=tuple(sorted(na & nb)), only_a_nodes=tuple(sorted(na - nb)), only_b_nodes=tuple(sorted(nb - na)),
         edge_jaccard=jaccard(sa, sb), node_jaccard=jaccard(na, nb), scores_a=ea, scores_b=eb, node_ranks=ranks,
+        roles=_merged_roles(roles_a or {}, roles_b or {}) if align == "identity" else {},
     )
     log.info("diff %s vs %s (%s): edge Jaccard %.3f", result.name_a, result.name_b, align, result.edge_jaccard)
     return result

@@ -60,6 +60,7 @@ class NodeSpec:
     border: str = "#404040"
     ports: bool = False  # draw q/k/v input ports
     tooltip: str = ""
+    order: int = 0  # left-to-right position within its rank (head index)
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,11 @@ def build_dot(nodes: list[NodeSpec], edges: list[EdgeSpec], title: str, legend: 
         with g.subgraph(name=f"rank{rank}") as sub:
             sub.attr(rank="same")
             sub.node(anchor, label=label, fontcolor="#909090", fontsize="9", shape="plaintext")
-            for n in (n for n in nodes if n.rank == rank):
+            members = sorted((n for n in nodes if n.rank == rank), key=lambda n: n.order)
+            for n in members:
                 sub.node(ids[n.name], label=_html_label(n, ports_first=direction == "TB"), tooltip=n.tooltip or n.name)
+            for a, b in zip(members, members[1:], strict=False):  # flat invisible edges fix left-to-right order
+                sub.edge(ids[a.name], ids[b.name], style="invis")
     for a, b in zip(anchors, anchors[1:], strict=False):
         g.edge(a, b, style="invis")
     side = "s" if direction == "BT" else "n"
@@ -180,10 +184,25 @@ def _title(circuit: Circuit, faithfulness: float | None, extra: str = "") -> str
     return " | ".join(parts) + (f"\n{extra}" if extra else "")
 
 
+LEVELS = ("edge", "node", "auto")
+
+
+def display_order(name: str) -> int:
+    """Left-to-right position of a node within its rank: a head's index; 0 for anything else."""
+    try:
+        node = Node.parse(name)
+    except ValueError:
+        return 0
+    return node.head if node.kind is NodeKind.HEAD else 0
+
+
 def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: bool = True, fade_above: int = 60,
-                  weak_fraction: float = 0.1, max_edges: int | None = None,
-                  merge_above: int = 150) -> tuple[list[NodeSpec], list[EdgeSpec], list, str]:
+                  weak_fraction: float = 0.1, max_edges: int | None = None, merge_above: int = 150,
+                  necessary: set[str] | frozenset[str] = frozenset(), level: str = "edge",
+                  ) -> tuple[list[NodeSpec], list[EdgeSpec], list, str]:
     """Node and edge specs, legend rows and a note for one circuit (see `render`)."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     graph = circuit.graph
     mask = circuit.mask()
     notes = []
@@ -195,8 +214,11 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
         mask = pruned
     kept = [Edge(graph.senders[s], *graph.receivers[r]) for s, r in mask.nonzero().tolist()]
     scores = {e: circuit.edges.get(str(e)) for e in kept}
-    if max_edges is not None and len(kept) > max_edges:
-        kept = sorted(kept, key=lambda e: -abs(scores[e] if scores[e] is not None else 0.0))[:max_edges]
+    if level == "auto":
+        level = "node" if len(kept) > merge_above else "edge"
+    if max_edges is not None and len(kept) > max_edges:  # necessary edges first, then by |score|
+        kept = sorted(kept, key=lambda e: (str(e) not in necessary, -abs(scores[e] if scores[e] is not None else 0.0)))
+        kept = kept[:max(max_edges, sum(str(e) in necessary for e in kept))]
         sub = graph.mask_from_edges(kept)
         kept = [Edge(graph.senders[s], *graph.receivers[r]) for s, r in (connected_mask(graph, sub) if prune else sub).nonzero().tolist()]
         notes.append(f"{len(scores) - len(kept)} weaker edges not drawn")
@@ -210,23 +232,26 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
         role = roles.get(name)
         nodes.append(NodeSpec(name, (name, role) if role else (name,), node.kind.value, rank, rank_label,
                               KIND_COLORS[node.kind.value], colors.get(role, "#404040"),
-                              ports=node.kind is NodeKind.HEAD, tooltip=f"{name}: {role}" if role else name))
+                              ports=node.kind is NodeKind.HEAD and level == "edge", tooltip=f"{name}: {role}" if role else name,
+                              order=display_order(name)))
     known = [abs(s) for s in scores.values() if s is not None]
     top = max(known) if known and max(known) > 0 else 1.0
     uniform = len(set(known)) <= 1  # e.g. reference circuits: every score 1.0
-    fade, merge = len(kept) > fade_above, len(kept) > merge_above
+    fade, merge = len(kept) > fade_above, len(kept) > merge_above or level == "node"
     max_width = 2.5 if fade else 4.0
     strong: dict[tuple[str, str], list[Edge]] = {}
     weak: dict[tuple[str, str], list[Edge]] = {}
     for e in kept:
         s = scores[e]
-        is_weak = fade and s is not None and not uniform and abs(s) / top < weak_fraction
+        is_weak = fade and s is not None and not uniform and abs(s) / top < weak_fraction and str(e) not in necessary
         key = (str(e.src), str(e.dst)) if (merge or is_weak) else (str(e.src), str(e))
         (weak if is_weak else strong).setdefault(key, []).append(e)
     edges: list[EdgeSpec] = []
     for (src, _), group in sorted(strong.items()):
         best = max(group, key=lambda e: -1.0 if scores[e] is None else abs(scores[e]))
         s = scores[best]
+        if level == "node" and s is not None:  # a node-level edge carries the summed score of its q/k/v edges
+            s = sum(scores[e] for e in group if scores[e] is not None)
         if s is None:
             color, width, style = UNKNOWN, 1.0, "solid"
         else:
@@ -238,7 +263,7 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
         if len(group) == 1:
             attrs["acdc_score"] = "nan" if s is None else repr(float(s))
         elif ports:
-            attrs.update(headlabel=ports, labelfontsize="7", labelfontcolor=color)
+            attrs.update(headlabel=ports, labelfontsize="8", labelfontcolor=color)
         edges.append(EdgeSpec(src, str(best.dst), ports if len(ports) == 1 else None, color, width, style, tip, attrs))
     for (src, dst), group in sorted(weak.items()):
         ports = "".join(e.port.value for e in group if e.dst.kind is NodeKind.HEAD)
@@ -248,8 +273,10 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
     legend = [("fill", KIND_COLORS[k], k) for k in ("input", "head", "mlp", "logits")]
     legend += [("line", POSITIVE, "positive score (width ~ |score|)"), ("dash", NEGATIVE, "negative score")]
     if weak:
-        legend.append(("line", WEAK, f"weak: |score| < {weak_fraction:g} x max, merged per sender and head"))
-    legend.append(("text", "q k v", "the head input an edge enters" + ("; merged edges label their inputs" if merge else "")))
+        legend.append(("line", WEAK, f"weak: |score| < {weak_fraction:g} x max, merged per sender and head"
+                       + ("; necessary edges never faded" if necessary else "")))
+    legend.append(("text", "q k v", "the head input an edge enters" + ("; merged edges label their inputs" if merge else "")
+                   + ("; node view: width ~ summed score" if level == "node" else "")))
     legend += [("border", c, r) for r, c in colors.items() if any(roles.get(n.name) == r for n in nodes)]
     return nodes, edges, legend, "; ".join(notes)
 
@@ -257,9 +284,10 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
 def to_dot(circuit: Circuit, *, roles: dict[str, str] | None = None, title: str | None = None,
            faithfulness: float | None = None, direction: str = "BT", prune: bool = True, fade_above: int = 60,
            weak_fraction: float = 0.1, max_edges: int | None = None, merge_above: int = 150,
-           comment: str | None = None) -> str:
+           comment: str | None = None, necessary=frozenset(), level: str = "edge") -> str:
     """DOT source of the drawing `render` makes (no `dot` program needed)."""
-    nodes, edges, legend, note = circuit_specs(circuit, roles, prune, fade_above, weak_fraction, max_edges, merge_above)
+    nodes, edges, legend, note = circuit_specs(circuit, roles, prune, fade_above, weak_fraction, max_edges, merge_above,
+                                               frozenset(necessary), level)
     g = build_dot(nodes, edges, title or _title(circuit, faithfulness, note), legend, direction, comment)
     return g.source
 
@@ -267,7 +295,7 @@ def to_dot(circuit: Circuit, *, roles: dict[str, str] | None = None, title: str 
 def render(circuit: Circuit, path: str | Path | None = None, *, roles: dict[str, str] | None = None,
            title: str | None = None, faithfulness: float | None = None, direction: str = "BT", prune: bool = True,
            fade_above: int = 60, weak_fraction: float = 0.1, max_edges: int | None = None,
-           merge_above: int = 150) -> str:
+           merge_above: int = 150, necessary=frozenset(), level: str = "edge") -> str:
     """SVG text of `circuit`; also written to `path` if given (DOT text instead if it ends in .dot or .gv).
 
     roles: {node name: role} shown on heads (merged over roles stored in the circuit's method params).
@@ -275,9 +303,13 @@ def render(circuit: Circuit, path: str | Path | None = None, *, roles: dict[str,
     with |score| < weak_fraction * max |score| and merges them per (sender, receiver node); more than
     merge_above merges every sender's q/k/v edges into a head into one edge labelled with the ports.
     max_edges: draw only the strongest edges. faithfulness: for the title (default circuit.metrics).
+    necessary: edge names (e.g. a validation report's necessary edges) that are never faded or left out.
+    level: 'edge' (q/k/v ports), 'node' (one edge per pair of components, width ~ summed score), 'auto'
+    (node above merge_above edges).
     """
     dot_text = to_dot(circuit, roles=roles, title=title, faithfulness=faithfulness, direction=direction, prune=prune,
-                      fade_above=fade_above, weak_fraction=weak_fraction, max_edges=max_edges, merge_above=merge_above)
+                      fade_above=fade_above, weak_fraction=weak_fraction, max_edges=max_edges, merge_above=merge_above,
+                      necessary=necessary, level=level)
     if path is not None and Path(path).suffix in (".dot", ".gv"):
         write_atomic(Path(path), dot_text)
         return dot_text
