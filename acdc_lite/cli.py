@@ -148,19 +148,57 @@ def validate(
     _guard(job)
 
 
+def _roles_file(path: Path | None) -> dict[str, str] | None:
+    """{node: role} from a JSON file (an object of node name -> role), or None when no file is given."""
+    if path is None:
+        return None
+    try:
+        roles = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"roles file {path}: not a readable JSON file ({e})") from e
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        raise ValueError(f"roles file {path}: expected a JSON object of node name -> role, e.g. {{\"a1.h0\": \"induction\"}}")
+    return roles
+
+
+def _necessary_edges(report: Path | None) -> frozenset[str]:
+    """Edges a `validate --json` report measured as necessary (|necessity| >= its tolerance)."""
+    if report is None:
+        return frozenset()
+    try:
+        d = json.loads(report.read_text(encoding="utf-8"))
+        m = d["minimality"]
+        return frozenset(e for e, v in m["edge_necessity"].items() if v is not None and abs(v) >= m["tol"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"report {report}: not a validation report with minimality (acdc-lite validate CIRCUIT "
+                         f"--json --out REPORT) ({type(e).__name__}: {e})") from e
+
+
 @app.command()
 def render(
     circuit: Path = typer.Argument(..., help="A circuit.json file."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CIRCUIT with the format's suffix)."),
     fmt: str = typer.Option("svg", "--format", "-f", help="svg | dot | png"),
+    level: str = typer.Option("auto", help="edge (q/k/v ports) | node (one edge per pair of components) | auto (node above "
+                                           "--merge-above edges)"),
+    max_edges: int | None = typer.Option(None, "--max-edges", help="Draw only the strongest N edges (necessary ones always)."),
+    merge_above: int = typer.Option(150, "--merge-above", help="With --level auto, draw node-level above this many edges."),
+    direction: str = typer.Option("BT", help="BT (input at the bottom) | TB (input at the top)"),
+    roles: Path | None = typer.Option(None, "--roles", help="JSON file {node: role}, over the circuit's and the zoo card's."),
+    no_roles: bool = typer.Option(False, "--no-roles", help="Draw no roles."),
+    report: Path | None = typer.Option(None, "--report", help="A `validate --json` report: its necessary edges are never faded."),
 ):
-    """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg"""
+    """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg --level node"""
     def job():
         from acdc_lite.circuit import Circuit
-        from acdc_lite.render import render_file, roles_for
+        from acdc_lite.render import display_roles, render_file
 
+        if max_edges is not None and max_edges < 1:
+            raise ValueError(f"--max-edges must be at least 1, got {max_edges}")
         c = Circuit.load(circuit)
-        path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=roles_for(c.model.name))
+        drawn_roles = {} if no_roles else {**display_roles(c), **(_roles_file(roles) or {})}
+        path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=drawn_roles, level=level, max_edges=max_edges,
+                           merge_above=merge_above, direction=direction, necessary=_necessary_edges(report))
         typer.echo(f"wrote {path}")
 
     _guard(job)
@@ -172,17 +210,91 @@ def diff(
     b: Path = typer.Argument(..., help="Second circuit.json (same or another model)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the drawing of the difference (SVG) here."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    roles_a: Path | None = typer.Option(None, "--roles-a", help="JSON file {node: role} for A (default: A's own roles)."),
+    roles_b: Path | None = typer.Option(None, "--roles-b", help="JSON file {node: role} for B (default: B's own roles)."),
 ):
-    """Compare two circuits, of one model or of two. Example: acdc-lite diff runs/a/circuit.json runs/b/circuit.json -o d.svg"""
+    """Compare two circuits, of one model or of two; roles label the drawing and align heads across models.
+
+    Example: acdc-lite diff runs/a/circuit.json runs/b/circuit.json -o d.svg
+    """
     def job():
         from acdc_lite.circuit import write_atomic
         from acdc_lite.diff import diff as run_diff
 
-        d = run_diff(a, b)
+        d = run_diff(a, b, roles_a=_roles_file(roles_a), roles_b=_roles_file(roles_b))
         if out is not None:
             write_atomic(out, d.to_svg())
         summary = d.to_dict()
         typer.echo(d.to_json() if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+
+    _guard(job)
+
+
+@app.command("export")
+def export_cmd(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    fmt: str = typer.Option(..., "--format", "-f", help="eap-json | eap-pt | mib | auto-circuit | circuit-tracer | safetensors "
+                                                        "| graphml | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (a folder for mib, and optionally for circuit-tracer)."),
+    mib_task: str | None = typer.Option(None, "--mib-task", help="mib: MIB task name (ioi, mcqa, arithmetic-addition, ...)."),
+    mib_model: str | None = typer.Option(None, "--mib-model", help="mib: MIB model name (gpt2, qwen2.5, gemma2, llama3)."),
+    mib_file: str = typer.Option("json", "--mib-file", help="mib: json | pt"),
+    several: bool = typer.Option(False, "--several", help="mib: nine circuits at 0.1-50%% of the edges instead of one importance file."),
+):
+    """Write a circuit in another tool's format. Example: acdc-lite export runs/a/circuit.json --format eap-json -o graph.json"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.interop import export_circuit, get_format
+
+        get_format(fmt)
+        mib_options = {"mib-task": mib_task, "mib-model": mib_model}
+        if fmt == "mib":
+            missing = [f"--{k}" for k, v in mib_options.items() if v is None]
+            if missing:
+                raise ValueError(f"--format mib needs {' and '.join(missing)} (MIB's task and model names, e.g. --mib-task ioi "
+                                 "--mib-model gpt2)")
+        else:
+            given = [f"--{k}" for k, v in mib_options.items() if v is not None] + (["--several"] if several else [])
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to --format mib")
+        c = Circuit.load(circuit)
+        options = {"task": mib_task, "model": mib_model, "fmt": mib_file, "several": several} if fmt == "mib" else {}
+        written = export_circuit(c, out, fmt, **options)
+        for path in written if isinstance(written, list) else [written]:
+            typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="A file in another tool's format."),
+    fmt: str = typer.Option(..., "--format", "-f", help="eap-json | eap-pt | auto-circuit | safetensors | graphml | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="The circuit.json to write."),
+    like: Path | None = typer.Option(None, "--like", help="A circuit.json of the same model: its model description is used "
+                                                          "(needed for auto-circuit files and CSV without our header)."),
+    top_n: int | None = typer.Option(None, "--top-n", help="auto-circuit: keep the N edges with the largest |score| "
+                                                           "(default: every nonzero score)."),
+):
+    """Read a circuit from another tool's format. Example: acdc-lite import graph.json --format eap-json -o circuit.json"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.interop import import_circuit
+
+        if top_n is not None and fmt != "auto-circuit":
+            raise ValueError("--top-n only applies to --format auto-circuit")
+        if top_n is not None and top_n < 1:
+            raise ValueError(f"--top-n must be at least 1, got {top_n}")
+        options = {}
+        if like is not None:
+            options["model"] = Circuit.load(like).model
+        if fmt == "auto-circuit":
+            if like is None:
+                raise ValueError("auto-circuit files hold scores only: give --like CIRCUIT (a circuit of the same model)")
+            options["top_n"] = top_n
+        c = import_circuit(source, fmt, **options)
+        c.save(out)
+        typer.echo(f"wrote {out}: {len(c.edges)} edges of a {c.model.n_layers}-layer, {c.model.n_heads}-head model")
 
     _guard(job)
 

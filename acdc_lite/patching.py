@@ -42,6 +42,12 @@ class Ablation(str, Enum):
     MEAN = "mean"  # mean over corrupted prompts and positions
     MEAN_POSITIONAL = "mean-positional"  # mean over corrupted prompts, per position
 
+    @classmethod
+    def _missing_(cls, value):
+        """The field's other names: MIB's `patching` (= resample), `mean_positional` with an underscore."""
+        aliases = {"patching": cls.RESAMPLE, "corrupted": cls.RESAMPLE, "mean_positional": cls.MEAN_POSITIONAL}
+        return aliases.get(str(value).lower()) if isinstance(value, str) else None
+
 
 def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:
     """Hook output [b, p, d] or [b, p, n, d] -> [b, p, n, d]."""

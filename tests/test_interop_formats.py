@@ -234,3 +234,11 @@ def test_node_kinds_survive_in_attention_only_exports(tmp_path):
     assert not any(e.src.kind is NodeKind.MLP for e in c.edge_list())
     export_circuit(c, tmp_path / "g.graphml", "graphml")
     assert import_circuit(tmp_path / "g.graphml", "graphml").model.has_mlp is False
+
+
+def test_ablation_accepts_the_fields_names():
+    from acdc_lite.patching import Ablation
+
+    assert Ablation("patching") is Ablation.RESAMPLE and Ablation("mean_positional") is Ablation.MEAN_POSITIONAL
+    with pytest.raises(ValueError):
+        Ablation("threshold")

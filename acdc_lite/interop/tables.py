@@ -163,8 +163,8 @@ def to_graphml(circuit: Circuit, path: str | Path) -> Path:
     return path
 
 
-def from_graphml(path: str | Path, **fields) -> Circuit:
-    """Inverse of `to_graphml`."""
+def from_graphml(path: str | Path, model: ModelRef | None = None, **fields) -> Circuit:
+    """Inverse of `to_graphml`; `model` replaces the recorded model description."""
     where = str(path)
     try:
         g = nx.read_graphml(Path(path), force_multigraph=True)
@@ -174,7 +174,7 @@ def from_graphml(path: str | Path, **fields) -> Circuit:
         raise CircuitError(f"{where} is not GraphML ({type(e).__name__}: {str(e)[:200]})") from e
     if "acdc_lite" not in g.graph:
         raise CircuitError(f"{where} has no acdc_lite header (graph attribute); it was not written by acdc-lite export")
-    head = {**json.loads(g.graph["acdc_lite"]), **fields}
+    head = {**json.loads(g.graph["acdc_lite"]), **fields, **({"model": asdict(model)} if model is not None else {})}
     edges, scores = {}, {}
     for _, _, data in g.edges(data=True):
         name = data.get("edge")
@@ -245,7 +245,7 @@ def to_safetensors(circuit: Circuit, path: str | Path) -> Path:
     return path
 
 
-def from_safetensors(path: str | Path, **fields) -> Circuit:
+def from_safetensors(path: str | Path, model: ModelRef | None = None, **fields) -> Circuit:
     """Inverse of `to_safetensors` (no code is ever loaded: safetensors holds tensors and strings only)."""
     from safetensors import safe_open
 
@@ -261,5 +261,5 @@ def from_safetensors(path: str | Path, **fields) -> Circuit:
     if "acdc_lite" not in meta or not {"scores", "kept"} <= set(tensors):
         raise CircuitError(f"{where} is not an acdc-lite score file: needs tensors 'scores' and 'kept' and the acdc_lite "
                            f"metadata (has tensors {sorted(tensors)})")
-    head = {**json.loads(meta["acdc_lite"]), **fields}
+    head = {**json.loads(meta["acdc_lite"]), **fields, **({"model": asdict(model)} if model is not None else {})}
     return from_dense(head, tensors["scores"].to(torch.float64), tensors["kept"], where)
