@@ -173,9 +173,10 @@ class Task:
         Per-example lists in `info` (one entry per prompt) stay out, so a file does not grow with n_examples."""
         settings = {k: v for k, v in self.info.items() if not (isinstance(v, (list, tuple)) and len(v) == len(self) > 2)}
         lengths = self.lengths
-        out = {"name": self.name, "n_examples": len(self), "seq_len": self.seq_len, "metric": self.default_metric}
+        out = {"name": self.name, "n_examples": len(self), "seq_len": self.seq_len, "metric": self.default_metric,
+               "padding_side": self.padding_side.value}
         if int(lengths.min()) != self.seq_len:
-            out.update(padding_side=self.padding_side.value, min_len=int(lengths.min()), max_len=int(lengths.max()))
+            out.update(min_len=int(lengths.min()), max_len=int(lengths.max()))
         if self.multi_token:
             out["answer_tokens"] = int(_lengths(self.answer_seqs).max())
         return {**out, **settings}
@@ -277,16 +278,22 @@ class Task:
                 rows = torch.arange(len(idx), device=logits.device)
                 x = logits[rows, dev(pos + offset, logits)[idx]]  # [b, vocab]
                 return x[rows, dev(first_a, x)[idx]] - x[rows, dev(first_f, x)[idx]]
-        else:  # kl: minus KL(clean || patched) at the answer position
+        else:  # kl: minus KL(clean || patched) at the answer position (summed over an answer's tokens)
             if model is None:
                 raise TaskError("the kl metric needs the model, to compute the clean distribution")
             logits = self.logits(model)
-            clean_lp = logits[torch.arange(len(self)), self.answer_pos.to(logits.device)].log_softmax(-1)
+            n_tokens = _lengths(self.answer_seqs) if self.multi_token else torch.ones(len(self), dtype=torch.long)  # [N]
+            steps = torch.arange(int(n_tokens.max()))
+            at = (self.answer_pos[:, None] + steps).clamp(max=self.seq_len - 1)  # [N, T]
+            real = steps < n_tokens[:, None]  # [N, T]
+            clean_lp = logits[torch.arange(len(self))[:, None], at.to(logits.device)].log_softmax(-1)  # [N, T, vocab]
 
             def metric(logits, idx):
-                lp = at_answer(logits, idx).log_softmax(-1)
+                rows = torch.arange(len(idx), device=logits.device)[:, None]
+                lp = logits[rows, dev(at, logits)[idx]].log_softmax(-1)
                 ref = dev(clean_lp, lp)[idx]
-                return -(ref.exp() * (ref - lp)).sum(-1)
+                kl = (ref.exp() * (ref - lp)).sum(-1)  # [b, T]
+                return -torch.where(dev(real, kl)[idx], kl, 0).sum(1)
         metric.metric_name = name
         return metric
 
