@@ -180,3 +180,21 @@ def test_cli_discover_on_a_variable_length_multi_token_file(tmp_path, monkeypatc
     bad = CliRunner().invoke(app, ["discover", "--model", str(tmp_path / "model"), "--task", str(task_file),
                                        "--method", "eap", "--metric", "nope:nothing", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 1 and "cannot import module 'nope'" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_metric_from_an_entry_point(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import acdc_lite.metrics as registry
+
+    _write_metric_module(tmp_path, monkeypatch)
+    declared = [EntryPoint(name="answer-logit", value="my_metrics:answer_logit", group=registry.ENTRY_POINT_GROUP),
+                EntryPoint(name="broken", value="no_such_module_xyz:f", group=registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [e for e in declared if e.group == group])
+    assert {"answer-logit", "broken"} <= set(registry.registered())
+    task = task_from_file(_jsonl(tmp_path / "t.jsonl", [{"clean": [1, 2], "corrupt": [3, 4], "answer": 5}]),
+                          metric="answer-logit")
+    logits = torch.randn(1, 2, 8)
+    assert task.metric()(logits, torch.arange(1)).tolist() == [float(logits[0, 1, 5])]
+    with pytest.raises(TaskError, match="metric 'broken': entry point 'no_such_module_xyz:f' fails to load"):
+        task.metric("broken")
