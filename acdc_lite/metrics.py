@@ -15,9 +15,11 @@ import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
+from acdc_lite.registry import Registry
+
 ENTRY_POINT_GROUP = "acdc_lite.metrics"
 
-_REGISTRY: dict[str, Callable] = {}
+METRIC_FACTORIES: Registry[Callable] = Registry("metric")
 
 
 class MetricNotFound(ValueError):
@@ -28,18 +30,18 @@ def register(name: str, factory: Callable) -> None:
     """Make `name` resolve to `factory(task, model) -> metric` in this process."""
     if not callable(factory):
         raise TypeError(f"metric {name!r}: the factory must be callable")
-    _REGISTRY[name] = factory
+    METRIC_FACTORIES.register(name, factory, replace=True)
 
 
 def registered() -> list[str]:
     """Names registered in this process or declared as entry points."""
-    return sorted(set(_REGISTRY) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return sorted(set(METRIC_FACTORIES.names()) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def resolve(name: str) -> Callable:
     """The factory for `name`; MetricNotFound saying where it was looked for and how to provide it."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    if name in METRIC_FACTORIES:
+        return METRIC_FACTORIES[name]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             try:

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from acdc_lite import load_model, load_task
-from acdc_lite.cli import app
 from acdc_lite.circuit import Circuit
+from acdc_lite.cli import app
 from acdc_lite.metrics import register
 from acdc_lite.search import discover
 from acdc_lite.task import TaskError, task_from_file
