@@ -68,10 +68,11 @@ def _guard(fn):
 @app.command()
 def discover(
     model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
-    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name, or a .jsonl / .csv task file."),
     method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
     tau: float | None = typer.Option(None, help="Pruning threshold (metric units; default depends on method)."),
-    metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl"),
+    metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl | seq_logprob | seq_logit_diff "
+                                                      "| a registered name | module:function"),
     ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
     level: str | None = typer.Option(None, help="edge | node"),
     n_examples: int | None = typer.Option(None, "--n-examples", help="Number of prompts."),

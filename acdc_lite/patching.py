@@ -30,6 +30,7 @@ from torch import nn
 
 from acdc_lite import hooks
 from acdc_lite.graph import ModelGraph
+from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 
 # metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour
@@ -39,8 +40,8 @@ Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Ablation(str, Enum):
     RESAMPLE = "resample"  # the sender's output on the corrupted prompt (default)
     ZERO = "zero"
-    MEAN = "mean"  # mean over corrupted prompts and positions
-    MEAN_POSITIONAL = "mean-positional"  # mean over corrupted prompts, per position
+    MEAN = "mean"  # mean over corrupted prompts and their real (unpadded) positions
+    MEAN_POSITIONAL = "mean-positional"  # mean over corrupted prompts, per position (prompts of one length only)
 
     @classmethod
     def _missing_(cls, value):
@@ -55,8 +56,10 @@ def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
-    """Each sender group's output on `tokens`: a list over `graph.sender_groups` of [b, p, n, d]."""
+def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, batch_size: int = 64,
+                   attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each sender group's output on `tokens` [b, p] (padded positions hidden by `attention_mask` [b, p]):
+    a list over `graph.sender_groups` of [b, p, n, d]."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(tokens), batch_size):
         store: dict[int, torch.Tensor] = {}
@@ -67,26 +70,39 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
             return hook
 
         fwd = [(g.hook, make(i, g.size)) for i, g in enumerate(graph.sender_groups)]
+        mask = None if attention_mask is None else attention_mask[start:start + batch_size]
         with model.hooks(fwd_hooks=fwd):
-            model(tokens[start:start + batch_size])
+            forward(model, tokens[start:start + batch_size], mask)
         chunks.append([store[i] for i in range(len(graph.sender_groups))])
     return [torch.cat(parts) for parts in zip(*chunks, strict=False)]
 
 
 def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.Tensor | None,
-                    ablation: Ablation | str = Ablation.RESAMPLE, batch_size: int = 64) -> list[torch.Tensor]:
+                    ablation: Ablation | str = Ablation.RESAMPLE, batch_size: int = 64,
+                    attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Ablated value of every sender group: [b, p, n, d] (resample), [1, p, n, d] (mean-positional),
-    [1, 1, n, d] (mean, zero). Means are over the corrupted prompts."""
+    [1, 1, n, d] (mean, zero). Means are over the corrupted prompts' real positions (`attention_mask` [b, p],
+    True at real tokens; padded positions never enter a mean). Mean-positional ablation refuses prompts of
+    different lengths: a position index means a different token in each."""
     ablation = Ablation(ablation)
+    if attention_mask is not None and ablation is Ablation.MEAN_POSITIONAL and not bool(attention_mask.all()):
+        lengths = attention_mask.sum(1)
+        raise ValueError(f"mean-positional ablation needs prompts of one length, and these have {int(lengths.min())} to "
+                         f"{int(lengths.max())} tokens; use --ablation mean (over real positions) or resample, or give "
+                         "prompts of one length")
     if ablation is Ablation.ZERO:
         info = model_info(model)
         p = next(model.parameters())
         return [torch.zeros(1, 1, g.size, info.d_model, device=p.device, dtype=p.dtype) for g in graph.sender_groups]
     if corrupt_tokens is None:
         raise ValueError(f"{ablation.value} ablation needs corrupted prompts")
-    outs = sender_outputs(model, graph, corrupt_tokens, batch_size)
+    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask)
     if ablation is Ablation.MEAN:
-        return [o.mean(dim=(0, 1), keepdim=True) for o in outs]
+        if attention_mask is None:
+            return [o.mean(dim=(0, 1), keepdim=True) for o in outs]
+        real = attention_mask.to(outs[0].device)[:, :, None, None]  # [b, p, 1, 1]
+        n_real = real.sum()
+        return [torch.where(real, o, 0).sum(dim=(0, 1), keepdim=True) / n_real for o in outs]
     if ablation is Ablation.MEAN_POSITIONAL:
         return [o.mean(dim=0, keepdim=True) for o in outs]
     return outs
@@ -135,16 +151,21 @@ class EdgePatcher:
     """Evaluate `model` on `clean_tokens` with any edge set kept and the rest ablated.
 
     clean_tokens: [B, P]; ablated: from `ablated_outputs` (per-example tensors must have B rows).
+    attention_mask: [B, P], True at real tokens (None: no padding). Every pass runs with it, and mask
+    gradients leave padded positions out.
     """
 
     def __init__(self, model: nn.Module, graph: ModelGraph, clean_tokens: torch.Tensor,
-                 ablated: list[torch.Tensor], batch_size: int = 32):
+                 ablated: list[torch.Tensor], batch_size: int = 32, attention_mask: torch.Tensor | None = None):
         if len(ablated) != len(graph.sender_groups):
             raise ValueError("ablated outputs do not match the graph's sender groups")
         for a in ablated:
             if a.shape[0] not in (1, len(clean_tokens)):
                 raise ValueError(f"ablated outputs have {a.shape[0]} examples but there are {len(clean_tokens)} clean prompts")
+        if attention_mask is not None and attention_mask.shape != clean_tokens.shape:
+            raise ValueError(f"attention mask {tuple(attention_mask.shape)} does not match the prompts {tuple(clean_tokens.shape)}")
         self.model, self.graph, self.tokens, self.ablated = model, graph, clean_tokens, ablated
+        self.attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         self.batch_size = batch_size
         info = model_info(model)
         self.kv_group = info.n_heads // info.n_kv_heads
@@ -286,6 +307,7 @@ class EdgePatcher:
         """One patched forward pass over examples `idx`: logits [C*b, p, vocab]."""
         tokens = self.tokens[idx]
         c = st.n_candidates
+        mask = None if self.attention_mask is None else self.attention_mask[idx].repeat(c, 1)
         st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
         if start_layer > 0:
             chunk = prefix.chunks[idx.start]
@@ -294,10 +316,10 @@ class EdgePatcher:
             st.deltas[:, :n_before] = chunk.deltas[:, :n_before]
             resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
-                logits = self.model(tokens.repeat(c, 1), start_at_layer=start_layer, resid=resid)
+                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid)
         else:
             with self.model.hooks(fwd_hooks=self._hooks(st, 0)):
-                logits = self.model(tokens.repeat(c, 1))
+                logits = forward(self.model, tokens.repeat(c, 1), mask)
         done = (self.graph.n_layers - start_layer) / self.graph.n_layers
         self.forward_passes += c * done * len(tokens) / len(self.tokens)
         return logits
@@ -391,15 +413,19 @@ class EdgePatcher:
                         summed[col] = gr / ig_steps + summed.get(col, 0)
             total += float(values.detach().sum())  # the last step is the clean input
             deltas = st.deltas.detach()[0]  # [S, b*p, d]
+            real = None if self.attention_mask is None else self.attention_mask[idx]
             for col, gr in summed.items():
                 width, n_before = (g.n_heads if gr.dim() == 4 else 1), g.n_senders_before(col)
-                grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr)
+                grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr, real)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32)
 
-    def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor) -> torch.Tensor:
-        """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64)."""
+    def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64).
+        `real` [b, p]: positions outside it (padding) are left out of the sum."""
         if gr.dim() == 3:
             gr = gr[:, :, None]
+        if real is not None:
+            gr = torch.where(real.to(gr.device)[:, :, None, None], gr, 0)
         b, p, n, d = gr.shape
         if n > 1 and n != self.graph.n_heads:
             # grouped k/v input: each head's receiver moves the group's input by 1/group of its correction

@@ -73,8 +73,11 @@ class Attention(nn.Module):
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z, self.hook_result = HookPoint(), HookPoint()
 
-    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
-        """Normalised per-head inputs [b, p, h, d] -> per-head results [b, p, h, d]."""
+    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised per-head inputs [b, p, h, d] -> per-head results [b, p, h, d]. `attention_mask` [b, p]
+        (True at real tokens): no query attends a padded key other than itself (a padded query then sees only
+        itself, so nothing is NaN)."""
         q = self.hook_q(torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V)
@@ -83,6 +86,11 @@ class Attention(nn.Module):
             n = scores.shape[-1]
             future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
             scores = scores.masked_fill(future, float("-inf"))
+        if attention_mask is not None:
+            n = scores.shape[-1]
+            eye = torch.eye(n, dtype=torch.bool, device=scores.device)
+            hidden = ~attention_mask.bool()[:, None, None, :] & ~eye  # [b, 1, q, k]
+            scores = scores.masked_fill(hidden, float("-inf"))
         pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
         return self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
@@ -118,14 +126,14 @@ class Block(nn.Module):
         self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out = HookPoint()
 
-    def forward(self, resid: torch.Tensor) -> torch.Tensor:
-        """[b, p, d_model] -> [b, p, d_model]."""
+    def forward(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p, d_model] -> [b, p, d_model]; `attention_mask` [b, p] as in `Attention.forward`."""
         resid = self.hook_resid_pre(resid)
         per_head = resid[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
         q_in = self.ln1(self.hook_q_input(per_head))
         k_in = self.ln1(self.hook_k_input(per_head))
         v_in = self.ln1(self.hook_v_input(per_head))
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in).sum(dim=2) + self.attn.b_O)
+        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, attention_mask).sum(dim=2) + self.attn.b_O)
         resid = self.hook_resid_mid(resid + attn_out)
         if self.has_mlp:
             mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid.clone()))))
@@ -151,30 +159,37 @@ class SmallTransformer(HookedRootModule):
         self.b_U = nn.Parameter(torch.zeros(cfg.n_out))
         self.setup()
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[b, p] token ids -> [b, p, d_model] residual stream entering block 0."""
+    def embed(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p] token ids -> [b, p, d_model] residual stream entering block 0. With `attention_mask` [b, p],
+        positions count real tokens only (a left-padded prompt's first real token is at position 0)."""
         if tokens.shape[-1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[-1]} tokens exceeds the model's context of {self.cfg.n_ctx}")
         x = self.hook_embed(self.W_E[tokens])
         if self.cfg.positional == "learned":
-            x = x + self.hook_pos_embed(self.W_pos[: tokens.shape[-1]].expand_as(x))
+            if attention_mask is None:
+                pos = self.W_pos[: tokens.shape[-1]].expand_as(x)
+            else:
+                ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, p]
+                pos = self.W_pos[ids]
+            x = x + self.hook_pos_embed(pos)
         return x
 
     def forward(self, tokens: torch.Tensor, start_at_layer: int | None = None,
-                resid: torch.Tensor | None = None) -> torch.Tensor:
+                resid: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[b, p] tokens -> [b, p, d_vocab_out] logits.
 
         With `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l
-        and blocks before l are skipped (`tokens` is then unused).
+        and blocks before l are skipped (`tokens` is then unused). `attention_mask` [b, p] (True/1 at real
+        tokens) hides padded keys and counts positions from each prompt's first real token.
         """
         if start_at_layer is None:
-            x, first = self.embed(tokens), 0
+            x, first = self.embed(tokens, attention_mask), 0
         else:
             if resid is None:
                 raise ValueError("start_at_layer needs the residual stream entering that layer")
             x, first = resid, start_at_layer
         for block in self.blocks[first:]:
-            x = block(x)
+            x = block(x, attention_mask)
         return self.ln_final(x) @ self.W_U + self.b_U
 
     # ---- files ----------------------------------------------------------------------------

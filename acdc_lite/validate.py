@@ -545,8 +545,8 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
     with torch.no_grad(), eval_mode(model):
         metric_fn = task.metric(metric_name, model=model)
         kl_fn = task.metric("kl", model=model)
-        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size)
-        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size)
+        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask)
+        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
 
         base = torch.stack([graph.full_mask(), graph.empty_mask(), circuit_mask, graph.valid & ~circuit_mask])
         out = per_example_metrics(patcher, base, {"metric": metric_fn, "kl": kl_fn})

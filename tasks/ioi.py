@@ -7,8 +7,8 @@ difference IO - S at the last position.
 
 Works with BPE tokenizers in which the names, places and objects are single tokens after a space
 (GPT-2's; the word lists were chosen for it) and with word-level vocabularies that contain them.
-Only templates that tokenize to the most common prompt length are used, so every prompt has the
-same length. Anything else raises TaskError saying what is missing.
+Every template is used; prompts of different lengths are padded on the model tokenizer's side and
+each is read at its own last position. Anything else raises TaskError saying what is missing.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import logging
 import random
 import re
 
-import torch
 from torch import nn
 
-from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, text_vocabulary
+from acdc_lite.padding import pad_id_of, padding_side_of
+from acdc_lite.task import Task, TaskError, Vocabulary, draw_rows, task_from_rows, text_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,10 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
             return []
         return ([bos] if bos is not None else []) + ids
 
-    # keep the templates of the most common length, with the first usable fillers
     a, b, p, o = list(names)[0], list(names)[1], places[0], objects[0]
-    lengths = {t: len(encode(_text(t, word_level, A=a, B=b, S=b, P=p, O=o))) for t in TEMPLATES}
-    lengths = {t: n for t, n in lengths.items() if n > 0}
-    if not lengths:
+    templates = [t for t in TEMPLATES if encode(_text(t, word_level, A=a, B=b, S=b, P=p, O=o))]
+    if not templates:
         raise TaskError("ioi: none of the templates can be written in this model's vocabulary")
-    counts: dict[int, int] = {}
-    for n in lengths.values():
-        counts[n] = counts.get(n, 0) + 1
-    seq_len = max(counts, key=lambda n: (counts[n], -n))
-    templates = [t for t in TEMPLATES if lengths.get(t) == seq_len]
-    if len(templates) < len(TEMPLATES):
-        log.info("ioi: using %d of %d templates (those of %d tokens)", len(templates), len(TEMPLATES), seq_len)
 
     rng = random.Random(seed)
 
@@ -104,18 +95,12 @@ def build(model: nn.Module, n_examples: int = 64, seed: int = 0) -> Task:
         place, obj = rng.choice(places), rng.choice(objects)
         clean = encode(_text(template, word_level, A=first, B=second, S=s, P=place, O=obj))
         corrupt = encode(_text(template, word_level, A=x, B=y, S=z, P=place, O=obj))
-        if len(clean) != seq_len or len(corrupt) != seq_len:
+        if not clean or len(clean) != len(corrupt):
             return None  # a name merged with its neighbour under this tokenizer
-        return clean, corrupt, names[io], names[s], template, order
+        return clean, corrupt, [names[io]], [names[s]]
 
     rows = draw_rows("ioi", n_examples, draw)
-    return Task(
-        name="ioi",
-        clean=torch.tensor([r[0] for r in rows]),
-        corrupt=torch.tensor([r[1] for r in rows]),
-        answers=torch.tensor([[r[2]] for r in rows]),
-        foils=torch.tensor([[r[3]] for r in rows]),
-        default_metric="logit_diff",
-        info={"seed": seed, "templates": templates, "orders": ["ABBA", "BABA"], "corruption": "ABC (three other names)",
-              "bos": bos is not None},
-    )
+    return task_from_rows("ioi", rows, padding_side=padding_side_of(model), pad_id=pad_id_of(model),
+                          default_metric="logit_diff",
+                          info={"seed": seed, "templates": templates, "orders": ["ABBA", "BABA"],
+                                "corruption": "ABC (three other names)", "bos": bos is not None})

@@ -31,8 +31,8 @@ class SearchContext:
               batch_size: int = 32) -> SearchContext:
         graph = ModelGraph.from_model(model)
         ablation = Ablation(ablation)
-        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size)
-        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size)
+        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask)
+        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
         metric_fn = task.metric(metric, model=model)
         return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation)
 
