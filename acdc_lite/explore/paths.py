@@ -184,3 +184,21 @@ def path_bars(table: pd.DataFrame, ax=None) -> Figure:
 
 
 __all__ = ["PathPatcher", "path_bars", "path_effect", "path_table"]
+
+
+def write_paths(table: pd.DataFrame, out_dir, formats=("png", "svg")) -> list:
+    """The path table as `paths.csv`, its bars as `paths.png` / `paths.svg`, and an index; returns the paths."""
+    from .figures import IndexEntry, save_figure, save_table, write_index
+
+    paths = [save_table(table, out_dir, "paths")]
+    entries = [IndexEntry("paths.csv", "table", "path effect of each edge, removed from the model and from the circuit")]
+    for p in save_figure(path_bars(table), out_dir, "paths", formats):
+        paths.append(p)
+        entries.append(IndexEntry(p.name, "figure" if p.suffix == ".png" else "vector figure", "path effects of the edges"))
+    a = table.attrs
+    paths.append(write_index(out_dir, f"path patching: {a.get('model')} / {a.get('task')}", entries,
+                             params={k: (round(v, 4) if isinstance(v, float) else v) for k, v in a.items()}))
+    return paths
+
+
+__all__ += ["write_paths"]
