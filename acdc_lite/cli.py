@@ -19,6 +19,8 @@ zoo_app = typer.Typer(no_args_is_help=True, help="Models shipped with acdc-lite.
 tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks.")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(tasks_app, name="tasks")
+explore_app = typer.Typer(no_args_is_help=True, help="Look at a model: activation-patching sweeps, path patching.")
+app.add_typer(explore_app, name="explore")
 
 STATE = {"debug": False}
 
@@ -123,11 +125,14 @@ def validate(
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    plot: bool = typer.Option(False, "--plot", help="Draw the faithfulness curve, per-example histogram and edge necessity."),
+    plot_dir: Path | None = typer.Option(None, "--plot-dir", help="Where --plot writes (default: CIRCUIT's folder/validation)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
 
     With no options the model and task are found again from the circuit file (local paths relative to it).
-    Example: acdc-lite validate runs/discover/circuit.json --json
+    Example: acdc-lite validate runs/discover/circuit.json --json --plot
     """
     def job():
         from acdc_lite.circuit import write_atomic
@@ -136,11 +141,16 @@ def validate(
 
         r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
                   offline=offline or None)
-        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=False)
+        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=not quiet)
         text = json.dumps(report.to_dict(), indent=1)
         if out is not None:
             write_atomic(out, text + "\n")
         typer.echo(text if as_json else report.summary())
+        if plot:
+            from acdc_lite.explore.commands import plot_validation
+
+            files = plot_validation(report, plot_dir or circuit.parent / "validation")
+            typer.echo("wrote " + ", ".join(str(f) for f in files), err=as_json)
 
     _guard(job)
 
@@ -318,6 +328,57 @@ def benchmark(
                  "Columns: see the module docstring of acdc_lite/benchmark.py."]
         md, csv = write_table(rows, out, suite, f"Benchmark: {suite}", notes)
         typer.echo(f"wrote {md} and {csv}")
+
+    _guard(job)
+
+
+@explore_app.command("patch")
+def explore_patch(
+    model: str = typer.Option("induction-attn-2l", "--model", "-m", help="Zoo name, local model directory, or hub name."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task or JSONL file (default: a zoo model's task)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: resid_pre, attn_out, mlp_out, head_out, "
+                                     "head_q, head_k, head_v, head_pattern (default: all)."),
+    direction: str = typer.Option("both", help="both | denoise (clean into corrupt) | noise (corrupt into clean)"),
+    metric: str | None = typer.Option(None, help="Default: the task's."),
+    n_examples: int = typer.Option(64, "--n-examples", help="Number of prompts."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+):
+    """Activation-patching sweeps: heatmaps (PNG, SVG), CSV tables and OUT/index.md.
+
+    Example: acdc-lite explore patch --model ioi-attn-2l --task ioi --kinds resid_pre,head_out --out runs/patch
+    """
+    def job():
+        from acdc_lite.explore.commands import run_patch
+
+        files = run_patch(model, task, out, kinds=kinds, direction=direction, metric=metric, n_examples=n_examples, seed=seed)
+        typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
+
+    _guard(job)
+
+
+@explore_app.command("paths")
+def explore_paths(
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's (or a zoo model's) task."),
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="A circuit.json: one row per edge of it."),
+    edge: list[str] = typer.Option([], "--edge", "-e", help="An edge name (repeatable), e.g. a0.h3->a1.h0<k>."),
+    out: Path = typer.Option(Path("runs/paths"), "--out", "-o", help="Output directory."),
+    ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional (default: the circuit's)."),
+    metric: str | None = typer.Option(None, help="Default: the circuit's or the task's."),
+    n_examples: int = typer.Option(64, "--n-examples", help="Number of prompts."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+):
+    """Path patching: each edge's effect as a share of the clean-corrupt gap (CSV, bars, OUT/index.md).
+
+    Example: acdc-lite explore paths --circuit runs/default/circuit.json --out runs/paths
+    """
+    def job():
+        from acdc_lite.explore.commands import run_paths
+
+        files = run_paths(model, task, out, circuit=circuit, edges=edge, ablation=ablation, metric=metric,
+                          n_examples=n_examples, seed=seed)
+        typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
 
     _guard(job)
 

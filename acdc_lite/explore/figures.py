@@ -120,7 +120,7 @@ def write_index(out_dir: str | Path, title: str, entries: Sequence[IndexEntry], 
         lines += [f"- {k}: `{v}`" for k, v in params.items()] + [""]
     for e in merged:
         if e.kind == "figure" and e.file.endswith((".png", ".svg")):
-            lines += [f"## {e.description}", "", f"![{e.description}]({e.file})", ""]
+            lines += ([""] if lines[-1] else []) + [f"## {e.description}", "", f"![{e.description}]({e.file})", ""]
         else:
             lines += [f"- [{e.file}]({e.file}): {e.description}"]
     lines.append("")

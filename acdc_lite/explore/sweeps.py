@@ -314,3 +314,32 @@ def sweep_stem(s: Sweep) -> str:
 
 
 __all__ = ["Direction", "Sweep", "SweepKind", "DEFAULT_SWEEPS", "sweep", "sweep_all", "sweep_stem"]
+
+
+def write_sweeps(sweeps: Sequence[Sweep], out_dir, formats: Sequence[str] = ("png", "svg")) -> list:
+    """Each sweep's heatmap (PNG, SVG) and table (CSV), one CSV of all sweeps (`sweeps.csv`, with kind,
+    direction and scope columns) and an index; returns the written paths."""
+    from .figures import IndexEntry, save_figure, save_table, write_index
+
+    paths, entries, frames = [], [], []
+    for s in sweeps:
+        stem = sweep_stem(s)
+        for p in save_figure(s.heatmap(), out_dir, stem, formats):
+            paths.append(p)
+            entries.append(IndexEntry(p.name, "figure" if p.suffix == ".png" else "vector figure",
+                                      s.title.replace("\n", ": ") + f" ({s.forward_passes} forward passes)"))
+        paths.append(save_table(s.frame, out_dir, stem))
+        entries.append(IndexEntry(paths[-1].name, "table", f"{stem}: one row per patched cell"))
+        frames.append(s.frame.assign(kind=s.kind.value, direction=s.direction.value,
+                                     scope="by-position" if s.by_position else "all-positions"))
+    if frames:
+        paths.append(save_table(pd.concat(frames, ignore_index=True), out_dir, "sweeps"))
+        entries.append(IndexEntry("sweeps.csv", "table", "every sweep's cells in one table"))
+        s0 = sweeps[0]
+        paths.append(write_index(out_dir, f"activation patching: {s0.model} / {s0.task}", entries,
+                                 params={"metric": s0.metric, "clean": round(s0.clean_value, 4),
+                                         "corrupt": round(s0.corrupt_value, 4)}))
+    return paths
+
+
+__all__ += ["write_sweeps"]
