@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +46,7 @@ class CircuitDiff:
     scores_a: dict  # aligned edge -> score in A (max |score| member)
     scores_b: dict
     node_ranks: dict  # node -> [rank, rank label, kind], for drawing
+    roles: dict = field(default_factory=dict)  # node -> role drawn under its name (identity alignment)
 
     @property
     def is_empty(self) -> bool:
@@ -83,8 +84,9 @@ class CircuitDiff:
         nodes = []
         for name, st in status.items():
             rank, label, kind = self.node_ranks[name]
-            nodes.append(NodeSpec(name, (name,), kind, rank, label, KIND_COLORS[kind], border[st],
-                                  ports=kind == "head", tooltip=f"{name} ({st})"))
+            role = self.roles.get(name)
+            nodes.append(NodeSpec(name, (name, role) if role else (name,), kind, rank, label, KIND_COLORS[kind], border[st],
+                                  ports=kind == "head", tooltip=f"{name}: {role} ({st})" if role else f"{name} ({st})"))
         edges = []
         for st, items in (("shared", self.shared_edges), ("a", self.only_a_edges), ("b", self.only_b_edges)):
             for name in items:
@@ -166,8 +168,10 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
     if align == "identity":
         alignment = "identity"
         ea, eb = _identity_edges(ca), _identity_edges(cb)
+        roles = _merged_roles(roles_a or {}, roles_b or {})
         ranks = {str(n): [*node_rank(n, ca.graph.n_layers), n.kind.value] for n in ca.graph.nodes}
     else:
+        roles = {}
         n_bins = min(ca.model.n_layers, cb.model.n_layers)
         both_roles = bool(roles_a) and bool(roles_b)
         ranks = {}
@@ -182,9 +186,19 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
         shared_edges=tuple(sorted(sa & sb)), only_a_edges=tuple(sorted(sa - sb)), only_b_edges=tuple(sorted(sb - sa)),
         shared_nodes=tuple(sorted(na & nb)), only_a_nodes=tuple(sorted(na - nb)), only_b_nodes=tuple(sorted(nb - na)),
         edge_jaccard=jaccard(sa, sb), node_jaccard=jaccard(na, nb), scores_a=ea, scores_b=eb, node_ranks=ranks,
+        roles=roles,
     )
     log.info("diff %s vs %s (%s): edge Jaccard %.3f", result.name_a, result.name_b, align, result.edge_jaccard)
     return result
+
+
+def _merged_roles(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
+    """One label per node: the role both maps agree on, else 'A: x / B: y'."""
+    out = {}
+    for node in sorted(set(a) | set(b)):
+        ra, rb = a.get(node), b.get(node)
+        out[node] = ra if ra == rb else f"A: {ra or '-'} / B: {rb or '-'}"
+    return out
 
 
 def _identity_edges(c: Circuit) -> dict[str, float | None]:
