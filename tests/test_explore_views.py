@@ -150,3 +150,42 @@ def test_neuron_folder_for_a_circuits_mlps(tmp_path):
     assert set(params["mlps"]) == {"m0"}
     with pytest.raises(Exception, match="weights"):
         write_neurons(_model(normalization="layernorm", seed=5), task, tmp_path / "other", circuit=c)
+
+
+# ---- command line ------------------------------------------------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from acdc_lite.cli import app
+
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_explore_commands_write_folders_and_refuse_bad_input(tmp_path):
+    model = _model(normalization="layernorm")
+    model.save(tmp_path / "model")
+    lines = []
+    task = _task(n=10)
+    for i in range(len(task)):
+        lines.append(json.dumps({"clean": task.clean[i].tolist(), "corrupt": task.corrupt[i].tolist(),
+                                 "answer": int(task.answers[i, 0]), "foil": int(task.foils[i, 0])}))
+    (tmp_path / "task.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["--model", tmp_path / "model", "--task", tmp_path / "task.jsonl"]
+    res = _cli("explore", "heads", *common, "--prompts", "0", "--no-html", "--out", tmp_path / "heads")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "heads" / "heads.csv").is_file() and (tmp_path / "heads" / "index.md").is_file()
+    res = _cli("explore", "lens", *common, "--out", tmp_path / "lens")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "lens" / "lens.png").is_file() and (tmp_path / "lens" / "dla.csv").is_file()
+    res = _cli("explore", "neurons", *common, "--mlp", "m0", "--top-k", 3, "--out", tmp_path / "neurons")
+    assert res.exit_code == 0, res.output
+    frame = (tmp_path / "neurons" / "neurons_m0.csv").read_text().splitlines()
+    assert frame[0] == "neuron,attribution,patched_effect,share_of_mlp_effect" and len(frame) == 4
+
+    for args, message in ((["neurons", *common, "--mlp", "m7"], "m0 to m1"),
+                          (["heads", *common, "--prompts", "0,99"], "outside the task's 10 prompts"),
+                          (["heads", *common, "--prompts", "x"], "comma-separated integers")):
+        res = _cli("explore", *args, "--out", tmp_path / "bad")
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "bad").exists()

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite import hooks
-from acdc_lite.models import model_info
+from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from acdc_lite.explore.heads import detect_heads
 from acdc_lite.explore.lens import direct_attribution, logit_lens
 from acdc_lite.explore.neurons import _mlp, neuron_view
 from acdc_lite.graph import Node, NodeKind
-from acdc_lite.models import model_info
+from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
