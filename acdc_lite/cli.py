@@ -19,7 +19,8 @@ zoo_app = typer.Typer(no_args_is_help=True, help="Models shipped with acdc-lite.
 tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks.")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(tasks_app, name="tasks")
-explore_app = typer.Typer(no_args_is_help=True, help="Look at a model: activation-patching sweeps, path patching.")
+explore_app = typer.Typer(no_args_is_help=True, help="Look at a model on a task: activation-patching sweeps, path patching, "
+                                                     "head detectors, logit lens, neurons.")
 app.add_typer(explore_app, name="explore")
 
 STATE = {"debug": False}
@@ -302,6 +303,101 @@ def import_cmd(
         c = import_circuit(source, fmt, **options)
         c.save(out)
         typer.echo(f"wrote {out}: {len(c.edges)} edges of a {c.model.n_layers}-layer, {c.model.n_heads}-head model")
+
+    _guard(job)
+
+
+def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n_examples: int | None, seed: int):
+    """(model, task, circuit or None): from the options, else from the circuit, else the discover defaults."""
+    from acdc_lite.models import load_model
+    from acdc_lite.pipeline import DEFAULT_MODEL, DEFAULT_TASK
+    from acdc_lite.rerun import rerun
+    from acdc_lite.task import load_task
+
+    if circuit is not None:
+        r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed)
+        return r.model, r.task, r.circuit
+    hooked = load_model(model or DEFAULT_MODEL)
+    return hooked, load_task(task or DEFAULT_TASK, hooked, n_examples=n_examples or 64, seed=seed), None
+
+
+_EXPLORE_MODEL = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name (default: the "
+                              "circuit's, else discover's default).")
+_EXPLORE_TASK = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file (default: the circuit's).")
+_EXPLORE_N = typer.Option(None, "--n-examples", help="Number of prompts (default 64, or the circuit's).")
+_EXPLORE_SEED = typer.Option(0, help="Task sampling seed.")
+
+
+@explore_app.command("heads")
+def explore_heads(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int = _EXPLORE_SEED,
+    prompts: str = typer.Option("0,1", help="Comma-separated prompt indices for the attention figures."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Interactive attention pages (needs circuitsvis)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Head detectors (scores, roles, attention patterns) into OUT with an index.
+
+    Example: acdc-lite explore heads --model ioi-attn-2l --task ioi --out runs/heads
+    """
+    def job():
+        from acdc_lite.explore.views import write_heads
+
+        try:
+            chosen = tuple(int(p) for p in prompts.split(",") if p.strip())
+        except ValueError as e:
+            raise ValueError(f"--prompts must be comma-separated integers, got {prompts!r}") from e
+        hooked, t, _ = _explore_inputs(model, task, None, n_examples, seed)
+        paths = write_heads(hooked, t, out, prompts=chosen, html=html)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+
+    _guard(job)
+
+
+@explore_app.command("lens")
+def explore_lens(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int = _EXPLORE_SEED,
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="Attribute to this circuit's components."),
+    metric: str | None = typer.Option(None, help="Lens metric (default: logit_diff, or logprob with no foils)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Logit lens across layers and direct logit attribution per component into OUT with an index.
+
+    Example: acdc-lite explore lens --model induction-gpt2-2l --task induction --out runs/lens
+    """
+    def job():
+        from acdc_lite.explore.views import write_lens
+
+        hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
+        paths = write_lens(hooked, t, out, circuit=c, metric=metric)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+
+    _guard(job)
+
+
+@explore_app.command("neurons")
+def explore_neurons(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int = _EXPLORE_SEED,
+    mlp: list[str] = typer.Option([], "--mlp", help="MLP to view (m0, m1, ...; repeatable). Default: the circuit's "
+                                  "MLPs, else the last layer's."),
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="View this circuit's MLPs."),
+    top_k: int = typer.Option(10, "--top-k", help="Neurons to patch exactly and list."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Top neurons of MLPs by effect on the metric, with their top-activating prompts, into OUT with an index.
+
+    Example: acdc-lite explore neurons --model induction-gpt2-2l --task induction --mlp m1 --out runs/neurons
+    """
+    def job():
+        from acdc_lite.explore.views import write_neurons
+
+        if top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {top_k}")
+        hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
+        paths = write_neurons(hooked, t, out, mlps=mlp or None, circuit=c, top_k=top_k)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
 
     _guard(job)
 

@@ -46,7 +46,7 @@ class CircuitDiff:
     scores_a: dict  # aligned edge -> score in A (max |score| member)
     scores_b: dict
     node_ranks: dict  # node -> [rank, rank label, kind], for drawing
-    roles: dict = field(default_factory=dict)  # node -> role label shown in drawings ("A role / B role" if they differ)
+    roles: dict = field(default_factory=dict)  # node -> role drawn under its name (identity alignment)
 
     @property
     def is_empty(self) -> bool:
@@ -86,7 +86,8 @@ class CircuitDiff:
             rank, label, kind = self.node_ranks[name]
             role = (self.roles if roles is None else roles).get(name)
             nodes.append(NodeSpec(name, (name, role) if role else (name,), kind, rank, label, KIND_COLORS[kind], border[st],
-                                  ports=kind == "head", tooltip=f"{name} ({st})", order=display_order(name)))
+                                  ports=kind == "head", tooltip=f"{name}: {role} ({st})" if role else f"{name} ({st})",
+                                  order=display_order(name)))
         edges = []
         for st, items in (("shared", self.shared_edges), ("a", self.only_a_edges), ("b", self.only_b_edges)):
             for name in items:
@@ -109,11 +110,6 @@ class CircuitDiff:
         if path is not None:
             write_atomic(Path(path), svg)
         return svg
-
-
-def _merged_roles(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
-    """One label per node of two role maps over the same graph: the shared role, or 'A role / B role'."""
-    return {n: a.get(n, "-") if a.get(n) == b.get(n) else f"{a.get(n, '-')} / {b.get(n, '-')}" for n in sorted(set(a) | set(b))}
 
 
 def _split_edge(name: str) -> tuple[str, str, str | None]:
@@ -173,8 +169,10 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
     if align == "identity":
         alignment = "identity"
         ea, eb = _identity_edges(ca), _identity_edges(cb)
+        roles = _merged_roles(roles_a or {}, roles_b or {})
         ranks = {str(n): [*node_rank(n, ca.graph.n_layers), n.kind.value] for n in ca.graph.nodes}
     else:
+        roles = {}
         n_bins = min(ca.model.n_layers, cb.model.n_layers)
         both_roles = bool(roles_a) and bool(roles_b)
         ranks = {}
@@ -189,10 +187,19 @@ def diff(a, b, *, roles_a: dict[str, str] | None = None, roles_b: dict[str, str]
         shared_edges=tuple(sorted(sa & sb)), only_a_edges=tuple(sorted(sa - sb)), only_b_edges=tuple(sorted(sb - sa)),
         shared_nodes=tuple(sorted(na & nb)), only_a_nodes=tuple(sorted(na - nb)), only_b_nodes=tuple(sorted(nb - na)),
         edge_jaccard=jaccard(sa, sb), node_jaccard=jaccard(na, nb), scores_a=ea, scores_b=eb, node_ranks=ranks,
-        roles=_merged_roles(roles_a or {}, roles_b or {}) if align == "identity" else {},
+        roles=roles,
     )
     log.info("diff %s vs %s (%s): edge Jaccard %.3f", result.name_a, result.name_b, align, result.edge_jaccard)
     return result
+
+
+def _merged_roles(a: dict[str, str], b: dict[str, str]) -> dict[str, str]:
+    """One label per node: the role both maps agree on, else 'A: x / B: y'."""
+    out = {}
+    for node in sorted(set(a) | set(b)):
+        ra, rb = a.get(node), b.get(node)
+        out[node] = ra if ra == rb else f"A: {ra or '-'} / B: {rb or '-'}"
+    return out
 
 
 def _identity_edges(c: Circuit) -> dict[str, float | None]:

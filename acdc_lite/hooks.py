@@ -35,6 +35,11 @@ def mlp_out(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
 
+def mlp_post(layer: int) -> str:
+    """MLP neuron activations (after the nonlinearity, and the gate for gated MLPs: the input to W_out), [batch, pos, d_mlp]."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
 def attn_pattern(layer: int) -> str:
     """Attention probabilities, [batch, head, query_pos, key_pos]."""
     return f"blocks.{layer}.attn.hook_pattern"

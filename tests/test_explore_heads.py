@@ -142,6 +142,11 @@ def test_roles_reach_render_and_diff_for_a_model_without_a_card(tmp_path):
         assert f'tooltip="{head}: {role}"' in dot
     d = diff(c, c, align="depth")
     assert any(key.startswith("a:induction") for key in d.scores_a) and "a:previous-token->a:induction<k>" in d.scores_a
+    same = diff(c, c).to_dot()  # identity alignment draws the roles on the nodes
+    for head, role in truth.items():
+        assert f'tooltip="{head}: {role} (shared)"' in same
+    other = diff(c, c, roles_b={**truth, "a1.h0": "name-mover"})
+    assert other.roles["a1.h0"] == "A: induction / B: name-mover" and other.roles["a0.h3"] == "previous-token"
 
 
 # ---- logit lens and direct logit attribution ----------------------------------------------------

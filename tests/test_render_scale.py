@@ -91,6 +91,6 @@ def test_diff_drawing_shows_roles():
     a = crossing_circuit()
     b = Circuit(model=ref(), edges={k: v for k, v in a.edges.items() if "a0.h3" not in k})
     d = diff(a, b, roles_a={"a0.h1": "prev-token"}, roles_b={"a0.h1": "prev-token", "a1.h0": "induction"})
-    assert d.roles == {"a0.h1": "prev-token", "a1.h0": "- / induction"}
+    assert d.roles == {"a0.h1": "prev-token", "a1.h0": "A: - / B: induction"}
     text = d.to_dot()
     assert "prev-token" in text and "induction" in text

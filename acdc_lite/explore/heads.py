@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite import hooks
-from acdc_lite.models import model_info
+from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
@@ -335,31 +335,27 @@ class HeadReport:
                 "min_ablation_effect": self.min_effect, "order": [r for r in ROLE_ORDER if r in self.scores]}
 
     def figure(self, title: str | None = None):
-        """One heatmap per detector (layers x heads), colour = score, threshold in each panel's title."""
+        """One heatmap per detector (layers x heads, colour = score on a scale centred at zero); heads that take
+        the role are boxed, the threshold is in each panel's title."""
         from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+
+        from acdc_lite.explore.figures import diverging_heatmap
 
         roles = list(self.scores)
-        fig = Figure(figsize=(3.2 * len(roles) + 0.6, 0.5 * self.shape[0] + 2.2), layout="constrained")
+        if not roles:
+            raise ValueError("no detector applies to this task: nothing to draw")
+        fig = Figure(figsize=(3.6 * len(roles) + 0.6, 0.5 * self.shape[0] + 2.4), layout="constrained")
         axes = fig.subplots(1, len(roles), squeeze=False)[0]
         for ax, role in zip(axes, roles, strict=True):
-            image = ax.imshow(self.scores[role].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-            ax.set_title(f"{role} (threshold {self.thresholds[role]:g})", fontsize=9)
-            ax.set_xlabel("head")
-            ax.set_ylabel("layer")
-            ax.set_xticks(range(self.shape[1]))
-            ax.set_yticks(range(self.shape[0]))
+            diverging_heatmap(self.scores[role].numpy(), title=f"{role} (threshold {self.thresholds[role]:g})",
+                              xlabel="head", ylabel="layer", colorbar_label="score", ax=ax,
+                              xticklabels=[str(h) for h in range(self.shape[1])],
+                              yticklabels=[str(layer) for layer in range(self.shape[0])])
             for layer, head in self.qualifies(role).nonzero().tolist():
-                ax.add_patch(_box(layer, head))
-        bar = fig.colorbar(image, ax=list(axes))
-        bar.set_label("detector score (boxed: takes the role)")
-        fig.suptitle(title or "head detectors")
+                ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#e7298a", linewidth=2.5))
+        fig.suptitle(title or "head detectors (boxed: the head takes the role)")
         return fig
-
-
-def _box(layer: int, head: int):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#e7298a", linewidth=2)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from torch import nn
 
 from acdc_lite import hooks
 from acdc_lite.graph import INPUT_NODE, Node, NodeKind
-from acdc_lite.models import model_info
+from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
