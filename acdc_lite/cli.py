@@ -142,7 +142,7 @@ def validate(
 
         r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
                   offline=offline or None)
-        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=not quiet)
+        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=not (quiet or as_json))
         text = json.dumps(report.to_dict(), indent=1)
         if out is not None:
             write_atomic(out, text + "\n")
