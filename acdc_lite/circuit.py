@@ -39,14 +39,18 @@ class ModelRef:
     parallel_attn_mlp: bool
     fingerprint: str
     d_model: int | None = None  # residual width: exports (EAP-IG / MIB cfg) need it; None in files before it was kept
+    # how to load it again: kind (zoo, local, hub, registered, in-memory), the reference as given, the weight
+    # processing and the measured equivalence with its source (see acdc_lite.models.ModelSource)
+    source: dict | None = None
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelRef:
-        from acdc_lite.models import fingerprint
+        from acdc_lite.models import fingerprint, model_source
         from acdc_lite.shape import model_info
 
         i = model_info(model)
-        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model), i.d_model)
+        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model), i.d_model,
+                   model_source(model).to_dict())
 
     def graph(self) -> ModelGraph:
         return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
@@ -141,12 +145,18 @@ class Circuit:
                                f"weights are {other.fingerprint}; load the same model (or re-run discovery on this one)")
 
     # ---- files --------------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self, base: str | Path | None = None) -> dict:
+        """The file's content; `base` is the directory the file goes to (local paths are written relative to it)."""
+        model = asdict(self.model)
+        model["source"] = portable_reference(self.model.source, base)
+        task = dict(self.task)
+        if "reference" in task:
+            task["reference"] = portable_reference(task["reference"], base)
         d = {
             "schema_version": SCHEMA_VERSION,
             "edge_convention": EDGE_CONVENTION,
-            "model": asdict(self.model),
-            "task": self.task,
+            "model": model,
+            "task": task,
             "method": self.method,
             "ablation": self.ablation,
             "n_edges": len(self.edges),
@@ -176,13 +186,14 @@ class Circuit:
         except (KeyError, TypeError) as e:
             raise CircuitError(f"{source} is not a circuit file: missing or malformed field {e}") from e
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n"
+    def to_json(self, base: str | Path | None = None) -> str:
+        return json.dumps(self.to_dict(base), indent=1, sort_keys=False, allow_nan=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file + rename): a crash never leaves half a file."""
+        """Write atomically (temporary file + rename): a crash never leaves half a file. Local model and
+        task paths are recorded relative to the file's directory (and as given)."""
         path = Path(path)
-        write_atomic(path, self.to_json())
+        write_atomic(path, self.to_json(base=path.parent))
         return path
 
     @classmethod
@@ -194,7 +205,33 @@ class Circuit:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise CircuitError(f"{path} is not JSON ({e}); is it a circuit file?") from e
-        return cls.from_dict(d, source=str(path))
+        c = cls.from_dict(d, source=str(path))
+        model = replace(c.model, source=located_reference(c.model.source, path.parent))
+        task = c.task if not isinstance(c.task.get("reference"), dict) else {
+            **c.task, "reference": located_reference(c.task["reference"], path.parent)}
+        return replace(c, model=model, task=task)
+
+
+def portable_reference(ref: dict | None, base: str | Path | None) -> dict | None:
+    """A model or task reference as written to a file: the absolute `resolved` path it holds in memory becomes
+    `from_circuit`, relative to the file's directory `base` (dropped without one: no machine paths in files)."""
+    if not isinstance(ref, dict) or not ({"resolved", "from_circuit"} & set(ref)):
+        return ref
+    out = {}
+    for k, v in ref.items():
+        if k == "given" and base is not None and ref.get("resolved"):
+            out[k] = v
+            out["from_circuit"] = Path(os.path.relpath(ref["resolved"], Path(base).resolve())).as_posix()
+        elif k not in ("resolved", "from_circuit"):
+            out[k] = v
+    return out
+
+
+def located_reference(ref: dict | None, base: Path) -> dict | None:
+    """A reference read from a file in directory `base`: `from_circuit` resolved to an absolute `resolved`."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("from_circuit"), str):
+        return ref
+    return {**ref, "resolved": os.path.normpath(Path(base).resolve() / ref["from_circuit"])}
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:

@@ -79,6 +79,9 @@ def discover(
     device: str | None = typer.Option(None, help="Torch device, e.g. cpu or cuda:0."),
     dtype: str | None = typer.Option(None, help="float32 | float64 | bfloat16 | float16"),
     top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
+    processing: str | None = typer.Option(None, help="Weight processing of a Hugging Face model: none (default: the "
+                                                     "checkpoint's own function) | fold-ln | transformer-lens."),
+    offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub (as HF_HUB_OFFLINE=1)."),
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
     resume: bool = typer.Option(False, "--resume", help="acdc: continue an interrupted run from OUT/checkpoint.json."),
@@ -93,7 +96,7 @@ def discover(
     def job():
         cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
                                      ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
-                                     dtype=dtype, top_n=top_n)
+                                     dtype=dtype, top_n=top_n, processing=processing, offline=offline or None)
         result = run_discover(cfg, progress=not quiet, checkpoint_dir=out, resume=resume)
         files = write_outputs(result, out)
         c = result.circuit
@@ -107,39 +110,32 @@ def discover(
     _guard(job)
 
 
-def _circuit_model_task(circuit, model: str | None, task: str | None, n_examples: int | None, seed: int):
-    """The model and task a saved circuit was found on, unless given."""
-    from acdc_lite.models import load_model
-    from acdc_lite.task import load_task
-
-    hooked = load_model(model or circuit.model.name)
-    name = task or circuit.task.get("name")
-    if not name:
-        raise ValueError("the circuit does not name its task; pass --task")
-    return hooked, load_task(name, hooked, n_examples=n_examples or circuit.task.get("n_examples", 64), seed=seed)
-
-
 @app.command()
 def validate(
     circuit: Path = typer.Argument(..., help="A circuit.json file."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model."),
-    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's task."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model, found again from its file."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's task, found again from its file."),
     n_examples: int | None = typer.Option(None, "--n-examples", help="Default: as many as the circuit was found with."),
-    seed: int = typer.Option(0, help="Task sampling and random-baseline seed."),
+    seed: int | None = typer.Option(None, help="Task sampling and random-baseline seed (default: the circuit's)."),
+    processing: str | None = typer.Option(None, help="Weight processing: none | fold-ln | transformer-lens "
+                                                     "(default: the circuit's)."),
+    offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
 ):
     """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
 
+    With no options the model and task are found again from the circuit file (local paths relative to it).
     Example: acdc-lite validate runs/discover/circuit.json --json
     """
     def job():
-        from acdc_lite.circuit import Circuit, write_atomic
+        from acdc_lite.circuit import write_atomic
+        from acdc_lite.rerun import rerun
         from acdc_lite.validate import validate as run_validate
 
-        c = Circuit.load(circuit)
-        hooked, t = _circuit_model_task(c, model, task, n_examples, seed)
-        report = run_validate(hooked, t, c, seed=seed, progress=False)
+        r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
+                  offline=offline or None)
+        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=False)
         text = json.dumps(report.to_dict(), indent=1)
         if out is not None:
             write_atomic(out, text + "\n")

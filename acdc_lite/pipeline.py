@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from acdc_lite.circuit import Circuit, write_atomic
-from acdc_lite.models import load_model
+from acdc_lite.models import Processing, load_model
 from acdc_lite.patching import Ablation
 from acdc_lite.search import METHODS, SearchError, discover
 from acdc_lite.task import load_task
@@ -42,6 +42,8 @@ class DiscoverConfig:
     target_faithfulness: float = 0.9
     ig_steps: int = 5
     batch_size: int = 32
+    processing: str = "none"  # weight processing of a Hugging Face model (acdc_lite.models.Processing)
+    offline: bool = False  # never try the Hugging Face hub
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -52,6 +54,8 @@ class DiscoverConfig:
             raise SearchError(f"--n-examples must be at least 1, got {self.n_examples}")
         if self.dtype not in DTYPES:
             raise SearchError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.processing not in {p.value for p in Processing}:
+            raise SearchError(f"unknown processing {self.processing!r}; choose one of {', '.join(p.value for p in Processing)}")
         if self.ablation not in {a.value for a in Ablation}:
             raise SearchError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(a.value for a in Ablation)}")
 
@@ -99,7 +103,8 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint_dir: 
         if json.loads(checkpoint.with_name(CHECKPOINT_CONFIG).read_text()) != settings:
             raise SearchError(f"{checkpoint_dir} holds an interrupted run with other settings ({CHECKPOINT_CONFIG}); "
                               "resume with the same options or use another output directory")
-    model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype])
+    model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype], processing=config.processing,
+                       offline=config.offline or None)
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
     if checkpoint is not None and not resume:  # a fresh run: forget any earlier interrupted one
         checkpoint.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ factory `(task, model or None) -> metric`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -356,6 +357,8 @@ def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, 
             task = source.build(name, model, n_examples=n_examples, seed=seed, metric=metric)
         except (ImportError, KeyError) as e:
             raise TaskError(f"cannot build task {name!r}: {e.args[0]}") from e
+        task = _with_reference(task, {"kind": "registered", "given": name, "n_examples": n_examples, "seed": seed,
+                                      "metric": metric})
         if check:
             check_signal(model, task)
         return task
@@ -363,14 +366,29 @@ def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, 
         task = registry[name].build(model, n_examples=n_examples, seed=seed)
         if metric:
             task = replace(task, default_metric=metric)
+        task = _with_reference(task, {"kind": "builtin", "given": name, "n_examples": n_examples, "seed": seed,
+                                      "metric": metric})
     elif name.endswith(".jsonl") or Path(name).is_file():
         task = task_from_jsonl(name, model, n_examples, metric)
+        path = Path(name).expanduser()
+        task = _with_reference(task, {"kind": "file", "given": name, "resolved": str(path.resolve()),
+                                      "sha256": file_sha256(path), "n_examples": n_examples, "metric": metric})
     else:
         raise TaskError(f"unknown task {name!r}: built-in tasks are {', '.join(registry)}; or give a .jsonl file")
     if check:
         task.check_vocab(model_info(model).d_vocab)
         check_signal(model, task)
     return task
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes: what a circuit records to know its task file again."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _with_reference(task: Task, reference: dict) -> Task:
+    """`task` recording how `load_task` can build it again (a circuit file keeps it under task.reference)."""
+    return replace(task, info={**task.info, "reference": reference})
 
 
 def check_signal(model: nn.Module, task: Task, metric_name: str | None = None) -> tuple[float, float]:

@@ -247,6 +247,7 @@ def compile_program(program, vocab: set, max_seq_len: int, compiler_bos: str = "
         output_values = None
         out_dims = [labels.index(program.label)]
     model = _convert(assembled, out_dims, [str(v) for v in token_values], f"tracr-{name}")
+    model.acdc_equivalence = _check_against_tracr(assembled, model, categorical, name)
     directions = _ground_truth_edges(model, program, labels, compiler_bos)
     ground_truth = _ground_truth_circuit(model, directions, name, program, labels, vocab, max_seq_len, compiler_bos)
     n = seq_len or max_seq_len
@@ -308,6 +309,35 @@ def compare_with_tracr(prog: TracrProgram, tokens: torch.Tensor | None = None) -
         decoded_equal = bool(torch.allclose(ours, ref_out.float(), atol=1e-4))
     return {"n_inputs": len(tokens), "max_abs_residual": float((resid["x"] - ref_resid).abs().max()),
             "max_abs_output": float((logits - ref_logits).abs().max()), "decoded_equal": decoded_equal}
+
+
+def _check_against_tracr(assembled, model: SmallTransformer, categorical: bool, name: str, tolerance: float = 1e-4):
+    """The converted model against tracr's own forward pass on a seeded probe of random inputs (BOS first):
+    ModelLoadError (EquivalenceError) unless the final residual streams agree within `tolerance` and every
+    decoded output agrees."""
+    import jax.numpy as jnp
+
+    from acdc_lite.models import Equivalence, probe_tokens, require_equivalent
+
+    vocab_ids = sorted(v for k, v in assembled.input_encoder.encoding_map.items() if k not in (COMPILER_PAD,))
+    bos = assembled.input_encoder.encoding_map[assembled.input_encoder.bos_token]
+    ids = torch.tensor([i for i in vocab_ids if i != bos])
+    probe = probe_tokens(len(ids), model.cfg.n_ctx - 1)
+    tokens = torch.cat([torch.full((len(probe), 1), bos), ids[probe]], dim=1)
+    out = assembled.forward(assembled.params, jnp.asarray(tokens.numpy()))
+    ref_resid = torch.from_numpy(np.array(out.transformer_output.output, dtype=np.float32))
+    resid = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hooks.resid_post(model.cfg.n_layers - 1),
+                                                  lambda x, hook: resid.setdefault("x", x))]):
+        logits = model(tokens)
+    ref_logits = ref_resid @ model.W_U.detach()
+    if categorical:
+        agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()
+    else:
+        agree = torch.isclose(logits, ref_logits, atol=tolerance).all(-1).float().mean()
+    eq = Equivalence("tracr model (final residual stream)", float((resid["x"] - ref_resid).abs().max()), float(agree),
+                     tolerance, tuple(tokens.shape))
+    return require_equivalent(eq, f"tracr-{name}")
 
 
 # ---- ground truth ------------------------------------------------------------------------------
