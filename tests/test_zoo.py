@@ -58,6 +58,9 @@ def test_card_accuracy_reproduces(measured):
     tol = card["measurement"]["tolerance"]
     assert abs(fresh["task"]["accuracy"] - card["task"]["accuracy"]) <= tol["accuracy"]
     assert fresh["task"]["accuracy"] >= 0.9
+    # the logit difference moves with any change of the function (e.g. weight processing): 1% of it
+    for key in ("logit_diff_clean", "logit_diff_corrupt"):
+        assert abs(fresh["task"][key] - card["task"][key]) <= 0.01 * abs(card["task"]["logit_diff_clean"]), key
 
 
 def test_card_head_scores_reproduce(measured):
@@ -132,6 +135,9 @@ def test_ioi_card_accuracy_reproduces(ioi_measured):
     tol = card["measurement"]["tolerance"]
     assert abs(fresh["task"]["accuracy"] - card["task"]["accuracy"]) <= tol["accuracy"]
     assert fresh["task"]["accuracy"] >= 0.9
+    # the logit difference moves with any change of the function (e.g. weight processing): 1% of it
+    for key in ("logit_diff_clean", "logit_diff_corrupt"):
+        assert abs(fresh["task"][key] - card["task"][key]) <= 0.01 * abs(card["task"]["logit_diff_clean"]), key
     assert fresh["task"]["logit_diff_clean"] > 2 > abs(fresh["task"]["logit_diff_corrupt"])
 
 
