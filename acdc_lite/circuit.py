@@ -40,8 +40,9 @@ class ModelRef:
     fingerprint: str
     d_model: int | None = None  # residual width: exports (EAP-IG / MIB cfg) need it; None in files before it was kept
     # how to load it again: kind (zoo, local, hub, registered, in-memory), the reference as given, the weight
-    # processing and the measured equivalence with its source (see acdc_lite.models.ModelSource)
-    source: dict | None = None
+    # processing and the measured equivalence with its source (see acdc_lite.models.ModelSource); where a model
+    # came from is not part of which model it is (shape and fingerprint), so it does not count in ==
+    source: dict | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelRef:
@@ -49,8 +50,8 @@ class ModelRef:
         from acdc_lite.shape import model_info
 
         i = model_info(model)
-        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model),
-                   d_model=i.d_model, source=model_source(model).to_dict())
+        return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model), i.d_model,
+                   model_source(model).to_dict())
 
     def graph(self) -> ModelGraph:
         return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
