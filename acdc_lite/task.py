@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acdc_lite.boundary import read_text
+
 log = logging.getLogger(__name__)
 
 METRICS = ("logit_diff", "prob_diff", "logprob", "kl", "accuracy")
@@ -246,7 +248,7 @@ def task_from_jsonl(path: str | Path, model: nn.Module | None = None, n_examples
         raise TaskError(f"task file {path} does not exist")
     vocab = None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path, "task file").splitlines(), 1):
         if not line.strip():
             continue
         try:
