@@ -137,7 +137,8 @@ def validate(
                                                      "(default: the circuit's)."),
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here (and its run record "
+                                    "beside it, OUT with .run.json)."),
 ):
     """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
 
@@ -147,14 +148,22 @@ def validate(
     def job():
         from acdc_lite.circuit import write_atomic
         from acdc_lite.rerun import rerun
+        from acdc_lite.runs import RunRecord, check_output_file, interruptible
         from acdc_lite.validate import validate as run_validate
 
-        r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
-                  offline=offline or None)
-        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=False)
+        if out is not None:
+            check_output_file(out)
+        settings = {"circuit": str(circuit), "model": model, "task": task, "n_examples": n_examples, "seed": seed,
+                    "processing": processing, "offline": offline}
+        record = RunRecord(out.parent, "validate", settings, name=out.stem + ".run.json").start() if out else None
+        with interruptible():
+            r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
+                      offline=offline or None)
+            report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=False)
         text = json.dumps(report.to_dict(), indent=1)
         if out is not None:
             write_atomic(out, text + "\n")
+            record.finish("finished", report.forward_passes)
         typer.echo(text if as_json else report.summary())
 
     _guard(job)

@@ -201,6 +201,9 @@ def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool
     if finished and not (force or resume):
         raise UsageError(f"{directory} already holds a run ({', '.join(finished)}); pass --force to overwrite it, "
                          "or choose another --out")
+    if (directory / CHECKPOINT).is_file() and not (force or resume):
+        raise UsageError(f"{directory} holds an interrupted run ({CHECKPOINT}); continue it with the same options plus "
+                         "--resume, or pass --force to start over")
     if resume and config.method not in CHECKPOINTED:
         raise UsageError(f"--resume: {config.method} does not checkpoint (it is one quick pass); run without --resume")
     if resume and not (directory / CHECKPOINT).is_file():

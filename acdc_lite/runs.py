@@ -86,6 +86,21 @@ def check_output_dir(directory: str | Path, option: str = "--out") -> Path:
     return directory
 
 
+def check_output_file(path: str | Path, option: str = "--out") -> Path:
+    """Raise a UsageError now (before any work) unless a file can be written at `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; give a file name")
+    probe = path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{option} {path}: {probe} is a file, so {path.name} cannot be written there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: {probe} is not writable; choose a folder you can write to")
+    return path
+
+
 # ---- interruption -----------------------------------------------------------------------------
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every `except KeyboardInterrupt` checkpoint path runs."""
@@ -269,8 +284,8 @@ class RunRecord:
     backward_passes=..., **facts)` closes the part and writes the file.
     """
 
-    def __init__(self, directory: str | Path, command: str, settings: dict):
-        self.path = Path(directory) / RECORD
+    def __init__(self, directory: str | Path, command: str, settings: dict, name: str = RECORD):
+        self.path = Path(directory) / name
         self.command, self.settings = command, settings
         self.parts: list[dict] = []
         self.facts: dict = {}

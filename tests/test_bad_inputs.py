@@ -214,6 +214,8 @@ CASES = [
     # -- run folders
     Case("finished-run", "run folder", "`--out` holds a finished run", lambda b, d: D(b, d, "--method", "eap")
          if _copy_run(b, "finished", d) else None, 2, "pass --force"),
+    Case("interrupted-run", "run folder", "`--out` holds an interrupted run, no `--resume`", lambda b, d: D(b, d, "--method", "acdc")
+         if _copy_run(b, "interrupted", d) else None, 2, "plus --resume, or pass --force"),
     Case("locked-run", "run folder", "`--out` locked by a live process", lambda b, d: D(b, d, "--method", "eap")
          if _lock(d / "out", os.getpid()) is None else None, 2, "in use by process"),
     Case("garbage-lock", "run folder", "`run.lock` that is not a lock", lambda b, d: D(b, d, "--method", "eap")

@@ -107,6 +107,10 @@ def test_validate_prints_and_writes_the_report(zoo_runs):
     assert saved == json.loads(res.output)
     circuit = json.loads((zoo_runs / "acdc" / "circuit.json").read_text())
     assert saved["n_edges"] == len(circuit["edges"]) and 0.5 < saved["faithfulness"] <= 1.2
+    record = json.loads((zoo_runs / "report.run.json").read_text())
+    assert record["command"] == "validate" and record["total"]["forward_passes"] == saved["forward_passes"] > 0
+    res = run("validate", zoo_runs / "acdc" / "circuit.json", "--out", zoo_runs)  # a folder: refused before any work
+    assert res.exit_code == 2 and "is a folder" in res.output
 
 
 @pytest.mark.parametrize("fmt,magic", [("dot", "digraph"), ("svg", "<svg"), ("png", "PNG")])
