@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli import app
+from acdc_lite.cli import app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
 runner = CliRunner()

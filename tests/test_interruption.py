@@ -20,7 +20,7 @@ ARGS = ["discover", "--method", "acdc", "--n-examples", "64", "--quiet", "--chec
 
 def cli(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-c", "from cli import app; app()", *ARGS, "--out", str(out), *extra],
+    return subprocess.Popen([sys.executable, "-m", "acdc_lite", *ARGS, "--out", str(out), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
