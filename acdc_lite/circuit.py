@@ -2,9 +2,11 @@
 
 File layout (schema_version 1): `schema_version`, `edge_convention`, `model` (name, architecture,
 n_layers, n_heads, has_mlp, parallel_attn_mlp, fingerprint), `task`, `method` (name, params),
-`ablation`, `edges` (kept edge name -> score), `nodes`, `metrics`, `provenance` (package version,
-seed, seconds, forward_passes, backward_passes) and optionally `scores` (every edge's score, for
-rankings) and `roles` (head name -> role from the head detectors). Scores are signed: higher = more important to the clean behaviour.
+`ablation`, `edges` (kept edge name -> score), `nodes`, `metrics`, `provenance` (package and torch
+version, seed) and optionally `scores` (every edge's score, for rankings) and `roles` (head name -> role
+from the head detectors). Scores are signed: higher = more important to the clean behaviour. Nothing
+that varies between identical runs (seconds, machine) is in the file: the same inputs, seed and thread
+count give the same bytes; a run's cost goes to the run record `run.json` beside it (`acdc_lite.runs`).
 """
 
 from __future__ import annotations
@@ -12,20 +14,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from acdc_lite.boundary import MAX_HEADS, MAX_LAYERS, InputError, check_size, expect, read_json_object
 from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node
+from acdc_lite.runs import write_atomic
+
+__all__ = ["Circuit", "CircuitError", "ModelRef", "write_atomic"]
 
 SCHEMA_VERSION = 1
 EDGE_CONVENTION = "eap-ig"  # edges between components; q/k/v-input -> head edges are implicit
 
 
-class CircuitError(ValueError):
+class CircuitError(InputError):
     """A circuit file or circuit that cannot be used as asked; the message says why and what to do."""
 
 
@@ -76,6 +81,7 @@ class Circuit:
     provenance: dict = field(default_factory=dict)
     scores: dict[str, float] | None = None  # every edge's score, when the method produced a ranking
     roles: dict[str, str] = field(default_factory=dict)  # head name -> role (explore.heads detectors), optional
+    cost: dict = field(default_factory=dict, compare=False)  # seconds and passes of the search; not saved (see run.json)
 
     def __post_init__(self):
         graph = self.model.graph()
@@ -174,6 +180,7 @@ class Circuit:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "circuit") -> Circuit:
+        check_circuit_fields(d, source)
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise CircuitError(f"{source} has schema_version {version!r}; this acdc-lite reads version {SCHEMA_VERSION}. "
@@ -186,6 +193,8 @@ class Circuit:
                        provenance=d.get("provenance", {}), scores=d.get("scores"), roles=d.get("roles") or {})
         except (KeyError, TypeError) as e:
             raise CircuitError(f"{source} is not a circuit file: missing or malformed field {e}") from e
+        except CircuitError as e:
+            raise CircuitError(f"{source}: {e}") from None
 
     def to_json(self, base: str | Path | None = None) -> str:
         return json.dumps(self.to_dict(base), indent=1, sort_keys=False, allow_nan=False) + "\n"
@@ -200,13 +209,11 @@ class Circuit:
     @classmethod
     def load(cls, path: str | Path) -> Circuit:
         path = Path(path)
-        if not path.is_file():
-            raise CircuitError(f"circuit file {path} does not exist")
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CircuitError(f"{path} is not JSON ({e}); is it a circuit file?") from e
-        c = cls.from_dict(d, source=str(path))
+            d = read_json_object(path, "circuit file")
+        except InputError as e:
+            raise CircuitError(str(e)) from None
+        c = cls.from_dict(d, source=f"circuit file {path}")
         model = replace(c.model, source=located_reference(c.model.source, path.parent))
         task = c.task if not isinstance(c.task.get("reference"), dict) else {
             **c.task, "reference": located_reference(c.task["reference"], path.parent)}
@@ -235,15 +242,26 @@ def located_reference(ref: dict | None, base: Path) -> dict | None:
     return {**ref, "resolved": os.path.normpath(Path(base).resolve() / ref["from_circuit"])}
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write `text` (or bytes) to `path` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def check_circuit_fields(d, source: str) -> None:
+    """The types and sizes of a circuit file's fields, checked before anything is built from them."""
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a saved circuit is an ordinary readable file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        expect(d, dict, f"{source}: the top level", "a circuit file is a JSON object")
+        fix = 'write it as an object {"edge name": score, ...}'
+        expect(d.get("edges"), dict, f"{source}: field edges", fix)
+        for name, value in d["edges"].items():
+            if value is not None:
+                expect(value, (int, float), f"{source}: edges[{name!r}]", "a score is a number or null")
+        if d.get("scores") is not None:
+            expect(d["scores"], dict, f"{source}: field scores", 'write it as an object {"edge name": score, ...} or leave it out')
+        model = expect(d.get("model"), dict, f"{source}: field model", "it names the model and its shape (n_layers, n_heads, ...)")
+        check_size(model.get("n_layers"), MAX_LAYERS, f"{source}: model.n_layers")
+        check_size(model.get("n_heads"), MAX_HEADS, f"{source}: model.n_heads")
+        for key in ("has_mlp", "parallel_attn_mlp"):
+            expect(model.get(key), bool, f"{source}: model.{key}", "write true or false")
+        for key in ("name", "architecture", "fingerprint"):
+            expect(model.get(key), str, f"{source}: model.{key}", "write a string")
+        for key in ("task", "method", "metrics", "provenance", "roles"):
+            if key in d:
+                expect(d[key], dict, f"{source}: field {key}", "write an object {...}")
+    except InputError as e:
+        raise CircuitError(str(e)) from None

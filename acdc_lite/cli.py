@@ -47,12 +47,12 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on e
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _fail(error: BaseException) -> None:
-    """One clear line on stderr and exit code 1 (a traceback only with --debug)."""
+def _fail(error: BaseException, code: int = 1) -> None:
+    """One clear line on stderr and the exit code (2: usage, 1: the rest); a traceback only with --debug."""
     if STATE["debug"]:
         raise error
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _number(x) -> str:
@@ -60,12 +60,25 @@ def _number(x) -> str:
 
 
 def _guard(fn):
+    from acdc_lite.boundary import UsageError
+    from acdc_lite.runs import Terminated
+
     try:
         return fn()
-    except (typer.Exit, KeyboardInterrupt):
+    except typer.Exit:
         raise
+    except KeyboardInterrupt as e:
+        if STATE["debug"]:
+            raise
+        typer.echo("interrupted" + (" (SIGTERM)" if isinstance(e, Terminated) else "")
+                   + "; a checkpointing run continues with the same options plus --resume", err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    except UsageError as e:
+        _fail(e, 2)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError, ImportError, OSError) as e:
         _fail(e)
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        _fail(RuntimeError(f"internal error {type(e).__name__}: {e}; re-run with --debug for the traceback and report it"))
 
 
 @app.command()
@@ -88,28 +101,31 @@ def discover(
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub (as HF_HUB_OFFLINE=1)."),
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
-    resume: bool = typer.Option(False, "--resume", help="acdc: continue an interrupted run from OUT/checkpoint.json."),
+    resume: bool = typer.Option(False, "--resume", help="acdc, hybrid, exact, head-pruning: continue an interrupted "
+                                "run from OUT/checkpoint.json."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in OUT."),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", min=0,
+                                           help="Seconds between checkpoints (also saved on Ctrl-C and SIGTERM)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Find a circuit and write OUT/circuit.json, OUT/circuit.svg and OUT/config.json.
+    """Find a circuit and write OUT/circuit.json, circuit.svg, config.json and the run record run.json.
 
     Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
     """
-    from acdc_lite.pipeline import DiscoverConfig, run_discover, write_outputs
+    from acdc_lite.pipeline import DiscoverConfig, discover_into
 
     def job():
         cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
                                      ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
                                      dtype=dtype, top_n=top_n, processing=processing, offline=offline or None)
-        result = run_discover(cfg, progress=not quiet, checkpoint_dir=out, resume=resume)
-        files = write_outputs(result, out)
+        result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
-                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.provenance['seconds']:.1f} s, "
-                   f"{c.provenance['forward_passes']:.0f} forward passes")
+                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.cost['seconds']:.1f} s, "
+                   f"{c.cost['forward_passes']:.0f} forward passes")
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
-        typer.echo("wrote " + ", ".join(str(f) for f in files))
+        typer.echo(f"wrote {out}/: circuit.json, {'circuit.svg, ' if result.svg else ''}config.json, run.json")
 
     _guard(job)
 
@@ -125,7 +141,8 @@ def validate(
                                                      "(default: the circuit's)."),
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here (and its run record "
+                                    "beside it, OUT with .run.json)."),
     plot: bool = typer.Option(False, "--plot", help="Draw the faithfulness curve, per-example histogram and edge necessity."),
     plot_dir: Path | None = typer.Option(None, "--plot-dir", help="Where --plot writes (default: CIRCUIT's folder/validation)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -138,14 +155,23 @@ def validate(
     def job():
         from acdc_lite.circuit import write_atomic
         from acdc_lite.rerun import rerun
+        from acdc_lite.runs import RunRecord, check_output_file, interruptible
         from acdc_lite.validate import validate as run_validate
 
-        r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
-                  offline=offline or None)
-        report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0, progress=not (quiet or as_json))
+        if out is not None:
+            check_output_file(out)
+        settings = {"circuit": str(circuit), "model": model, "task": task, "n_examples": n_examples, "seed": seed,
+                    "processing": processing, "offline": offline}
+        record = RunRecord(out.parent, "validate", settings, name=out.stem + ".run.json").start() if out else None
+        with interruptible():
+            r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
+                      offline=offline or None)
+            report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0,
+                                  progress=not (quiet or as_json))
         text = json.dumps(report.to_dict(), indent=1)
         if out is not None:
             write_atomic(out, text + "\n")
+            record.finish("finished", report.forward_passes)
         typer.echo(text if as_json else report.summary())
         if plot:
             from acdc_lite.explore.commands import plot_validation

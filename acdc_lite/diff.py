@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from acdc_lite.boundary import InputError, read_json_object
 from acdc_lite.circuit import EDGE_CONVENTION, Circuit, CircuitError
 from acdc_lite.graph import Edge, Node, NodeKind, jaccard
 from acdc_lite.render import KIND_COLORS, EdgeSpec, NodeSpec, build_dot, display_order, display_roles, dot_to_svg, node_rank
@@ -124,13 +125,19 @@ def _load(c) -> tuple[Circuit, str]:
     """A Circuit and its edge convention, from a Circuit, a circuit dict or a file path."""
     if isinstance(c, Circuit):
         return c, getattr(c, "edge_convention", EDGE_CONVENTION)
-    d = json.loads(Path(c).read_text()) if isinstance(c, (str, Path)) else c
+    if isinstance(c, (str, Path)):
+        try:
+            d = read_json_object(c, "circuit file")
+        except InputError as e:
+            raise CircuitError(str(e)) from None
+    else:
+        d = c
     if not isinstance(d, dict):
         raise CircuitError(f"cannot diff a {type(c).__name__}; give a Circuit, a circuit dict or a file path")
     convention = d.get("edge_convention", EDGE_CONVENTION)
     if convention != EDGE_CONVENTION:
         return None, convention
-    return Circuit.from_dict(d, source=str(c) if isinstance(c, (str, Path)) else "circuit"), convention
+    return Circuit.from_dict(d, source=f"circuit file {c}" if isinstance(c, (str, Path)) else "circuit"), convention
 
 
 def _label(c: Circuit) -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from acdc_lite import metrics as metric_registry
+from acdc_lite.boundary import read_text
 from acdc_lite.padding import PaddingSide, first_real, forward, pad_id_of, pad_rows, padding_side_of
 
 log = logging.getLogger(__name__)
@@ -473,7 +474,7 @@ def _accepted() -> str:
 
 def _records(path: Path) -> list[tuple[int, dict]]:
     """(line number, {key: value}) for each example of a JSONL or CSV file."""
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, "task file").removeprefix("\ufeff")
     if path.suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames:

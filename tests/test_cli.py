@@ -1,6 +1,5 @@
 """The CLI through typer's runner, on a small model saved to disk and a JSONL task."""
 
-import functools
 import json
 
 import pytest
@@ -74,7 +73,7 @@ def test_failed_acdc_run_leaves_no_output(setup, monkeypatch):
     assert not out.exists()
     res = run("discover", "--method", "eap", "--model", setup / "model", "--task", setup / "task.jsonl", "--out", out,
               "--quiet", "--resume")
-    assert res.exit_code != 0 and "nothing to resume" in res.output and not out.exists()
+    assert res.exit_code == 2 and "eap does not checkpoint" in res.output and not out.exists()
 
 
 def test_malformed_jsonl_names_the_line(setup):
@@ -108,6 +107,10 @@ def test_validate_prints_and_writes_the_report(zoo_runs):
     assert saved == json.loads(res.output)
     circuit = json.loads((zoo_runs / "acdc" / "circuit.json").read_text())
     assert saved["n_edges"] == len(circuit["edges"]) and 0.5 < saved["faithfulness"] <= 1.2
+    record = json.loads((zoo_runs / "report.run.json").read_text())
+    assert record["command"] == "validate" and record["total"]["forward_passes"] == saved["forward_passes"] > 0
+    res = run("validate", zoo_runs / "acdc" / "circuit.json", "--out", zoo_runs)  # a folder: refused before any work
+    assert res.exit_code == 2 and "is a folder" in res.output
 
 
 @pytest.mark.parametrize("fmt,magic", [("dot", "digraph"), ("svg", "<svg"), ("png", "PNG")])
@@ -136,30 +139,35 @@ def test_diff_of_two_methods(zoo_runs):
 
 
 def test_resume_continues_an_interrupted_acdc_run(zoo_runs, monkeypatch):
-    from acdc_lite.search import acdc
+    from acdc_lite.runs import Checkpointer
 
     out = zoo_runs / "resumed"
-    original, calls = acdc._save_checkpoint, {"n": 0}
+    original, calls = Checkpointer.save, {"n": 0}
 
-    def interrupt_after_first_save(*args, **kwargs):
-        original(*args, **kwargs)
+    def interrupt_after_third_save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
         calls["n"] += 1
-        raise KeyboardInterrupt
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(acdc, "_save_checkpoint", interrupt_after_first_save)
-    monkeypatch.setattr(acdc, "ACDCConfig", functools.partial(acdc.ACDCConfig, checkpoint_every=5))
-    res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet")
-    assert res.exit_code != 0 and (out / "checkpoint.json").is_file() and not (out / "circuit.json").exists()
-    done = json.loads((out / "checkpoint.json").read_text())["done_receivers"]
-    assert 0 < len(done) < 20  # interrupted early, not at the end
-    monkeypatch.setattr(acdc, "_save_checkpoint", original)
-    assert run("discover", "--method", "acdc", "--n-examples", 12, "--out", out, "--quiet", "--resume").exit_code != 0
+    monkeypatch.setattr(Checkpointer, "save", interrupt_after_third_save)
+    res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet", "--checkpoint-every", 0)
+    assert res.exit_code == 130 and (out / "checkpoint.json").is_file() and not (out / "circuit.json").exists()
+    assert "--resume" in res.output and not (out / "run.lock").exists()
+    done = json.loads((out / "checkpoint.json").read_text())["state"]["done_receivers"]
+    assert len(done) == 3  # one save per finished receiver: interrupted early, not at the end
+    monkeypatch.setattr(Checkpointer, "save", original)
+    res = run("discover", "--method", "acdc", "--n-examples", 12, "--out", out, "--quiet", "--resume")
+    assert res.exit_code == 2 and "n_examples" in res.output and "task_hash" in res.output
     res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet", "--resume")
     assert res.exit_code == 0, res.output
-    resumed = json.loads((out / "circuit.json").read_text())
-    whole = json.loads((zoo_runs / "acdc" / "circuit.json").read_text())
-    assert resumed["edges"] == whole["edges"]
+    resumed = (out / "circuit.json").read_bytes()
+    assert resumed == (zoo_runs / "acdc" / "circuit.json").read_bytes()  # the same bytes as an uninterrupted run
     assert not (out / "checkpoint.json").exists()
+    record = json.loads((out / "run.json").read_text())
+    assert [p["outcome"] for p in record["parts"]] == ["interrupted", "finished"]
+    assert record["total"]["forward_passes"] == pytest.approx(sum(p["forward_passes"] for p in record["parts"]))
+    assert 0 < record["parts"][0]["forward_passes"] < record["total"]["forward_passes"]
 
 
 def test_benchmark_writes_markdown_and_csv(tmp_path):

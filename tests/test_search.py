@@ -1,10 +1,14 @@
 """Search methods on a small random model: invariants that hold whatever the weights."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from acdc_lite import Task, discover, search
+from acdc_lite.boundary import UsageError
 from acdc_lite.search import SearchError
 from acdc_lite.search.common import SearchContext, prune_dangling
 
@@ -36,25 +40,31 @@ def test_acdc_removes_everything_when_corrupt_equals_clean(small_model, toy_task
     assert res.n_edges == 0
 
 
-def test_acdc_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch):
-    whole = search(small_model, toy_task, "acdc", tau=0.02, progress=False)
-    ckpt = str(tmp_path / "acdc.ckpt.json")
+@pytest.mark.parametrize("method,at", [("acdc", 25), ("hybrid", 12), ("exact", 5), ("head-pruning", 4)])
+def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch, method, at):
+    whole = search(small_model, toy_task, method, tau=0.02, progress=False)
+    ckpt = str(tmp_path / "ckpt.json")
     real = SearchContext.evaluate
     calls = {"n": 0}
 
     def flaky(self, kept, **kw):
         calls["n"] += 1
-        if calls["n"] == 25:
+        if calls["n"] == at:
             raise KeyboardInterrupt
         return real(self, kept, **kw)
 
     monkeypatch.setattr(SearchContext, "evaluate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        search(small_model, toy_task, "acdc", tau=0.02, checkpoint=ckpt, progress=False)
+        search(small_model, toy_task, method, tau=0.02, checkpoint=ckpt, progress=False)
     monkeypatch.setattr(SearchContext, "evaluate", real)
-    resumed = search(small_model, toy_task, "acdc", tau=0.02, checkpoint=ckpt, progress=False)
+    saved = json.loads(Path(ckpt).read_text())
+    assert saved["method"] == ("acdc" if method == "hybrid" else method) and saved["state"]["forward_passes"] > 0
+    with pytest.raises(UsageError, match="settings differ: tau"):
+        search(small_model, toy_task, method, tau=0.03, checkpoint=ckpt, progress=False)
+    resumed = search(small_model, toy_task, method, tau=0.02, checkpoint=ckpt, progress=False)
     assert torch.equal(resumed.kept, whole.kept)
-    assert torch.allclose(resumed.scores.nan_to_num(-9), whole.scores.nan_to_num(-9), atol=1e-5)
+    assert torch.equal(resumed.scores.nan_to_num(-9), whole.scores.nan_to_num(-9))  # the same arithmetic, bit for bit
+    assert resumed.forward_passes < whole.forward_passes  # the saved part was not redone
 
 
 def test_eap_agrees_with_exact_patching(small_model, toy_task):
@@ -86,13 +96,21 @@ def test_methods_return_consistent_results(small_model, toy_task, method):
 def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_path):
     c = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
     assert len(c.edges) <= 12
-    assert {"seconds", "forward_passes", "backward_passes", "package_version", "seed"} <= set(c.provenance)
+    assert set(c.provenance) == {"package_version", "seed", "torch_version"}  # nothing that differs between runs
+    assert set(c.cost) == {"seconds", "forward_passes", "backward_passes"} and c.cost["backward_passes"] == 5
     assert "faithfulness" in c.metrics
     c.save(tmp_path / "c.json")
+    again = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
+    assert again.to_json() == c.to_json() and again.cost["seconds"] != c.cost["seconds"]
 
 
 @pytest.mark.parametrize("kwargs,match", [({"method": "nope"}, "unknown method"), ({"method": "acdc", "tau": -1}, "tau"),
-                                          ({"method": "eap", "metric": "kl"}, "zero gradient")])
+                                          ({"method": "eap", "metric": "kl"}, "zero gradient.*use --metric logit_diff"),
+                                          ({"method": "acdc", "tau": float("nan")}, "finite"),
+                                          ({"method": "acdc", "tau": float("inf")}, "finite"),
+                                          ({"method": "eap", "top_n": -1}, "top_n must be at least 1"),
+                                          ({"method": "eap", "target_faithfulness": 5.0}, r"\(0, 1\]"),
+                                          ({"method": "eap", "batch_size": 0}, "batch_size")])
 def test_bad_arguments_are_clear_errors(small_model, toy_task, kwargs, match):
     with pytest.raises(SearchError, match=match):
         search(small_model, toy_task, progress=False, **kwargs)

@@ -12,14 +12,18 @@ Methods (edge level unless stated):
 from __future__ import annotations
 
 import logging
+import math
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from acdc_lite.boundary import UsageError
 from acdc_lite.circuit import Circuit, ModelRef
 from acdc_lite.graph import tie_kv_groups
 from acdc_lite.patching import Ablation
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search import acdc, attribution, head_pruning, hybrid, select
 from acdc_lite.search.common import SearchContext, SearchResult, node_mask_to_edges, prune_dangling
 from acdc_lite.shape import model_info
@@ -31,8 +35,10 @@ METHODS = ("acdc", "head-pruning", "hisp", "eap", "eap-ig", "exact", "hybrid")
 GRADIENT_METHODS = ("eap", "eap-ig", "hybrid", "hisp")
 
 
-class SearchError(ValueError):
-    """Search arguments that cannot work; the message says what to change."""
+class SearchError(UsageError):
+    """Search arguments that cannot work; the message says what to change (a usage error: exit code 2)."""
+
+CHECKPOINTED = ("acdc", "hybrid", "exact", "head-pruning")  # methods that can resume from a checkpoint
 
 
 def default_metric(method: str, task: Task) -> str:
@@ -51,19 +57,32 @@ def default_tau(method: str, metric: str, metric_full: float, metric_empty: floa
 def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float | None = None, metric: str | None = None,
            ablation: Ablation | str = Ablation.RESAMPLE, level: str = "edge", top_n: int | None = None,
            threshold: float | None = None, target_faithfulness: float = 0.9, ig_steps: int = 5, batch_size: int = 32,
-           include_mlps: bool = False, checkpoint: str | None = None, shuffle_seed: int | None = None,
-           seed: int = 0, progress: bool = True) -> SearchResult:
-    """Run one search method; see the module docstring. Never mutates the model or task."""
+           include_mlps: bool = False, checkpoint: Checkpointer | str | Path | None = None,
+           shuffle_seed: int | None = None, seed: int = 0, progress: bool = True) -> SearchResult:
+    """Run one search method; see the module docstring. Never mutates the model or task.
+
+    checkpoint: a `Checkpointer` (or a path: one with these search settings) for the methods in CHECKPOINTED.
+    """
     if method not in METHODS:
         raise SearchError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if level not in ("edge", "node"):
         raise SearchError(f"level must be 'edge' or 'node', got {level!r}")
-    if tau is not None and tau < 0:
-        raise SearchError(f"tau must be >= 0, got {tau}")
+    if tau is not None and not (math.isfinite(tau) and tau >= 0):
+        raise SearchError(f"tau must be a finite number >= 0, got {tau}")
+    if top_n is not None and top_n < 1:
+        raise SearchError(f"top_n must be at least 1 (the number of edges to keep), got {top_n}")
+    if not 0 < target_faithfulness <= 1:
+        raise SearchError(f"target_faithfulness must be in (0, 1] (a share of the full model's behaviour), got {target_faithfulness}")
+    if batch_size < 1 or ig_steps < 1:
+        raise SearchError(f"batch_size and ig_steps must be at least 1, got {batch_size} and {ig_steps}")
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = Checkpointer(Path(checkpoint), {"method": method, "tau": tau, "metric": metric, "seed": seed,
+                                                     "ablation": str(Ablation(ablation).value), "top_n": top_n,
+                                                     "target_faithfulness": target_faithfulness, "ig_steps": ig_steps})
     metric = metric or default_metric(method, task)
     if metric == "kl" and method in GRADIENT_METHODS:
-        raise SearchError(f"{method} needs a task metric: KL has zero gradient at the clean model; "
-                          f"use --metric {task.default_metric}")
+        suggestion = task.default_metric if task.default_metric != "kl" else "logprob" if task.foils is None else "logit_diff"
+        raise SearchError(f"{method} needs a task metric: KL has zero gradient at the clean model; use --metric {suggestion}")
     if metric == "accuracy" and method != "exact":
         raise SearchError("accuracy is not a search metric (flat almost everywhere); use logit_diff, prob_diff, logprob or kl")
     info = model_info(model)
@@ -86,22 +105,23 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float |
         if method == "acdc":
             return acdc.run(ctx, acdc.ACDCConfig(tau=tau, checkpoint=checkpoint, shuffle_seed=shuffle_seed, progress=progress))
         if method == "head-pruning":
-            return head_pruning.run(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress))
+            return head_pruning.run(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress,
+                                                                        checkpoint=checkpoint))
         if method == "hisp":
             return head_pruning.hisp(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress))
         if method == "hybrid":
-            return hybrid.run(ctx, hybrid.HybridConfig(tau=tau, ig_steps=ig_steps, progress=progress))
-        return _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, group, progress)
+            return hybrid.run(ctx, hybrid.HybridConfig(tau=tau, ig_steps=ig_steps, progress=progress, checkpoint=checkpoint))
+        return _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, group, progress, checkpoint)
 
 
-def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_steps, group, progress) -> SearchResult:
+def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_steps, group, progress, checkpoint) -> SearchResult:
     graph = ctx.graph
     if method == "eap":
         attr = attribution.eap(ctx)
     elif method == "eap-ig":
         attr = attribution.eap_ig(ctx, ig_steps)
     else:
-        attr = attribution.exact(ctx, progress=progress)
+        attr = attribution.exact(ctx, progress=progress, checkpoint=checkpoint)
     scores = attr.scores
     metric_empty = float(ctx.evaluate(graph.empty_mask()))
     if level == "node":
@@ -136,15 +156,16 @@ def to_circuit(model: nn.Module, task: Task, result: SearchResult, ablation: str
         metrics={k: (None if v != v else v) for k, v in  # NaN (metric blind to the ablation) is stored as null
                  {"faithfulness": result.faithfulness, "metric_full": result.metric_full,
                   "metric_empty": result.metric_empty, "metric_circuit": result.metric_circuit}.items()},
-        provenance={"package_version": __version__, "seed": seed, "seconds": round(result.seconds, 3),
-                    "forward_passes": round(result.forward_passes, 3), "backward_passes": round(result.backward_passes, 3),
-                    "torch_version": torch.__version__},
+        provenance={"package_version": __version__, "seed": seed, "torch_version": torch.__version__},
+        cost={"seconds": round(result.seconds, 3), "forward_passes": round(result.forward_passes, 3),
+              "backward_passes": round(result.backward_passes, 3)},
     )
 
 
 def discover(model: nn.Module, task: Task, method: str = "hybrid", *, seed: int = 0, ablation: Ablation | str = "resample",
              metric: str | None = None, **kwargs) -> Circuit:
-    """Find a circuit for `task` in `model`; returns a Circuit (faithfulness in .metrics, cost in .provenance)."""
+    """Find a circuit for `task` in `model`; returns a Circuit (faithfulness in .metrics; seconds and passes in .cost, which
+    is not saved: a circuit file holds only what the same inputs reproduce, the cost goes to run.json)."""
     started = time.perf_counter()
     result = search(model, task, method, seed=seed, ablation=ablation, metric=metric, **kwargs)
     result.seconds = time.perf_counter() - started

@@ -14,8 +14,9 @@ only the layers from the receiver's on (the layers below are still the full mode
 visited later). Tests run in speculative batches that are exact: candidates k = 1..C remove the
 first k untested edges cumulatively; decisions are read in order up to the first kept edge, and the
 rest of the batch is discarded. C doubles after a batch of removals (up to `batch`) and falls back to
-1 after a kept edge, so little is wasted where edges matter. A checkpoint (JSON) is written every
-`checkpoint_every` decisions and on interruption; resuming from it gives the identical circuit.
+1 after a kept edge, so little is wasted where edges matter. With a `Checkpointer`, the state as of the
+last finished receiver is saved when its interval has passed and on interruption (Ctrl-C, SIGTERM);
+resuming from it repeats the same arithmetic and gives the identical circuit.
 
 With `estimates` (the hybrid's attribution), each receiver first tries to drop, in one pass, the edges
 estimated below tau (see `_remove_unlikely`); only the rest are tested one by one.
@@ -23,16 +24,15 @@ estimated below tau (see `_remove_unlikely`); only the rest are tested one by on
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from acdc_lite.circuit import write_atomic
+from acdc_lite.boundary import InputError
 from acdc_lite.graph import HEAD_PORTS, ModelGraph, NodeKind
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext, SearchResult, prune_dangling
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ class ACDCConfig:
     tau: float = 0.01
     batch: int = 8  # speculative candidates per pass
     shuffle_seed: int | None = None  # None: latest sender first
-    checkpoint: str | None = None  # path of a resumable checkpoint
-    checkpoint_every: int = 200  # decisions between checkpoints
+    checkpoint: Checkpointer | None = None  # where and how often to save resumable state
     progress: bool = True
     estimates: torch.Tensor | None = None  # [S, R] estimated |effect| per edge (attribution): see `_remove_unlikely`
 
@@ -79,19 +78,16 @@ def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, receiver: int) -> boo
 def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
     """ACDC on `ctx` (see module docstring). Scores: the metric drop each tested edge caused."""
     graph, patcher = ctx.graph, ctx.patcher
-    kept = graph.full_mask()
-    scores = torch.full(graph.valid.shape, float("nan"))
-    trajectory: list[dict] = []
-    done_receivers: list[int] = []
-    state = _load_checkpoint(config.checkpoint, graph)
-    if state is not None:
-        kept, scores, trajectory, done_receivers = state
-        log.info("resuming ACDC from %s: %d receivers done", config.checkpoint, len(done_receivers))
     metric_full = float(ctx.evaluate(graph.full_mask()))
     prefix = patcher.record_prefix(graph.full_mask())  # layers below the visited receiver stay full
-    current = float(ctx.evaluate(kept))
-    decisions_since_save = 0
-    floor = 0.0  # one suffix pass per tested edge: what ACDC cannot do with less
+    saved = _load_checkpoint(config.checkpoint, graph)
+    if saved is not None:
+        kept, scores, trajectory, done_receivers, current, floor = saved
+        log.info("resuming ACDC from %s: %d receivers done", config.checkpoint.path, len(done_receivers))
+    else:
+        kept, scores, trajectory, done_receivers = graph.full_mask(), torch.full(graph.valid.shape, float("nan")), [], []
+        current, floor = float(ctx.evaluate(kept)), 0.0  # floor: one suffix pass per tested edge
+    snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
     order = [r for r in receiver_order(graph) if r not in set(done_receivers)]
     bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
                desc="ACDC edges", disable=not config.progress, unit="edge")
@@ -100,7 +96,6 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
             senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver]]
             if not _feeds_anything(graph, kept, receiver):
                 kept[:, receiver] = False  # a node that feeds nothing needs no inputs
-                bar.update(graph.n_senders_before(receiver))
             else:
                 start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
                 if config.estimates is not None:
@@ -117,7 +112,6 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                         scores[s, receiver] = drop
                         floor += (graph.n_layers - start_layer) / graph.n_layers
                         i += 1
-                        decisions_since_save += 1
                         if drop < config.tau:
                             kept[s, receiver] = False
                             current = values[k]
@@ -125,22 +119,21 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
                             break  # later candidates assumed this edge removed: re-test them
                     # speculate further after removals, less after a kept edge (the rest of its batch was wasted)
                     size = min(2 * size, config.batch) if drop < config.tau else 1
-                bar.update(graph.n_senders_before(receiver))
+            bar.update(graph.n_senders_before(receiver))
             done_receivers.append(receiver)
             trajectory.append({"receiver": str(graph.receivers[receiver][0]) + f"<{graph.receivers[receiver][1].value}>",
                                "metric": current, "edges": int(kept.sum()), "forward_passes": patcher.forward_passes})
-            if config.checkpoint and decisions_since_save >= config.checkpoint_every:
-                _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
-                decisions_since_save = 0
+            if config.checkpoint is not None:
+                snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
+                if config.checkpoint.due():
+                    config.checkpoint.save("acdc", {**snapshot, **_passes(patcher)})
     except KeyboardInterrupt:
-        if config.checkpoint:
-            _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
-            log.warning("interrupted: ACDC state saved to %s; resume with the same arguments", config.checkpoint)
+        if config.checkpoint is not None:  # the state as of the last finished receiver
+            config.checkpoint.save("acdc", {**snapshot, **_passes(patcher)})
+            log.warning("interrupted: ACDC state saved to %s; resume with the same arguments", config.checkpoint.path)
         raise
     finally:
         bar.close()
-    if config.checkpoint:
-        _save_checkpoint(config.checkpoint, graph, kept, scores, trajectory, done_receivers)
     kept = prune_dangling(graph, kept)
     return SearchResult(
         method="acdc", params={"tau": config.tau, "batch": config.batch, "shuffle_seed": config.shuffle_seed},
@@ -170,27 +163,43 @@ def _remove_unlikely(ctx: SearchContext, kept: torch.Tensor, receiver: int, send
     return senders, current
 
 
-def _save_checkpoint(path: str, graph: ModelGraph, kept, scores, trajectory, done) -> None:
-    state = {
+def _passes(patcher) -> dict:
+    return {"forward_passes": patcher.forward_passes, "backward_passes": patcher.backward_passes}
+
+
+def _snapshot(graph: ModelGraph, kept, scores, trajectory, done, current: float, floor: float) -> dict:
+    """The resumable state, as JSON-able values (float32 scores round-trip exactly through JSON floats)."""
+    return {
         "graph": list(graph.shape_key),
-        "done_receivers": done,
+        "done_receivers": list(done),
         "removed": [str(e) for e in graph.edges_from_mask(graph.valid & ~kept)],
         "scores": {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges_from_mask(~scores.isnan())},
-        "trajectory": trajectory,
+        "trajectory": list(trajectory),
+        "current": current,
+        "floor": floor,
     }
-    write_atomic(Path(path), json.dumps(state))
 
 
-def _load_checkpoint(path: str | None, graph: ModelGraph):
-    if not path or not Path(path).is_file():
+def _load_checkpoint(checkpointer: Checkpointer | None, graph: ModelGraph):
+    """(kept, scores, trajectory, done receivers, current metric, floor) from a checkpoint, or None."""
+    state = checkpointer.load("acdc") if checkpointer is not None else None
+    if state is None:
         return None
-    state = json.loads(Path(path).read_text())
-    if tuple(state["graph"]) != graph.shape_key:
-        raise ValueError(f"checkpoint {path} is for another model graph {state['graph']}; delete it or use that model")
-    kept = graph.full_mask()
-    for name in state["removed"]:
-        kept[graph.edge_index(name)] = False
-    scores = torch.full(graph.valid.shape, float("nan"))
-    for name, value in state["scores"].items():
-        scores[graph.edge_index(name)] = value
-    return kept, scores, state["trajectory"], state["done_receivers"]
+    where = f"checkpoint {checkpointer.path}"
+    try:
+        if tuple(state["graph"]) != graph.shape_key:
+            raise InputError(f"{where} is for another model graph {state['graph']}; resume with that model or use another --out")
+        kept = graph.full_mask()
+        for name in state["removed"]:
+            kept[graph.edge_index(name)] = False
+        scores = torch.full(graph.valid.shape, float("nan"))
+        for name, value in state["scores"].items():
+            scores[graph.edge_index(name)] = float(value)
+        done = [int(r) for r in state["done_receivers"]]
+        if any(not 0 <= r < graph.n_receivers for r in done):
+            raise InputError(f"{where}: done_receivers holds a receiver this graph does not have")
+        return kept, scores, list(state["trajectory"]), done, float(state["current"]), float(state["floor"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{where}: malformed state ({type(e).__name__}: {e}); delete it and start again") from None

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from acdc_lite.boundary import InputError
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext
 
 
@@ -38,7 +40,10 @@ def eap_ig(ctx: SearchContext, ig_steps: int = 5) -> Scores:
     return eap(ctx, ig_steps=ig_steps)
 
 
-def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges: int = 20_000) -> Scores:
+def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges: int = 20_000,
+          checkpoint: Checkpointer | None = None) -> Scores:
+    """Exact single-edge effects; with `checkpoint`, the scores so far are saved on its interval and on
+    interruption, and a saved state is continued from."""
     graph = ctx.graph
     if graph.n_edges() > max_edges:
         raise ValueError(f"exact patching of {graph.n_edges()} edges is too slow; raise max_edges or use eap-ig")
@@ -46,14 +51,21 @@ def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges:
     metric_full = float(ctx.evaluate(full))
     prefix = ctx.patcher.record_prefix(full)
     scores = torch.full(graph.valid.shape, float("nan"))
-    edges = graph.valid.nonzero().tolist()
     by_layer: dict[int, list] = {}
-    for s, r in edges:
+    for s, r in graph.valid.nonzero().tolist():
         by_layer.setdefault(min(graph.receiver_layer(r), graph.n_layers - 1), []).append((s, r))
-    with tqdm(total=len(edges), desc="exact patching", disable=not progress, unit="edge") as bar:
-        for layer, layer_edges in sorted(by_layer.items()):
-            for i in range(0, len(layer_edges), batch):
-                chunk = layer_edges[i:i + batch]
+    chunks = [(layer, layer_edges[i:i + batch]) for layer, layer_edges in sorted(by_layer.items())
+              for i in range(0, len(layer_edges), batch)]
+    done = _resume_exact(checkpoint, graph, scores)
+    snapshot = _exact_state(graph, scores, done)
+
+    def save():
+        checkpoint.save("exact", {**snapshot, "forward_passes": ctx.patcher.forward_passes})
+
+    with tqdm(total=sum(len(c) for _, c in chunks), initial=sum(len(c) for _, c in chunks[:done]),
+              desc="exact patching", disable=not progress, unit="edge") as bar:
+        try:
+            for n, (layer, chunk) in enumerate(chunks[done:], done + 1):
                 cands = full[None].repeat(len(chunk), 1, 1)
                 for k, (s, r) in enumerate(chunk):
                     cands[k, s, r] = False
@@ -61,4 +73,34 @@ def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges:
                 for k, (s, r) in enumerate(chunk):
                     scores[s, r] = metric_full - float(values[k])
                 bar.update(len(chunk))
+                if checkpoint is not None:
+                    snapshot = _exact_state(graph, scores, n)
+                    if checkpoint.due():
+                        save()
+        except KeyboardInterrupt:
+            if checkpoint is not None:
+                save()
+            raise
     return Scores(scores, metric_full)
+
+
+def _exact_state(graph, scores: torch.Tensor, done: int) -> dict:
+    return {"graph": list(graph.shape_key), "chunks_done": done,
+            "scores": {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges_from_mask(~scores.isnan())}}
+
+
+def _resume_exact(checkpoint: Checkpointer | None, graph, scores: torch.Tensor) -> int:
+    """Fill `scores` from a saved state; the number of chunks it covers (0 without one)."""
+    state = checkpoint.load("exact") if checkpoint is not None else None
+    if state is None:
+        return 0
+    try:
+        if tuple(state["graph"]) != graph.shape_key:
+            raise InputError(f"checkpoint {checkpoint.path} is for another model graph {state['graph']}")
+        for name, value in state["scores"].items():
+            scores[graph.edge_index(name)] = float(value)
+        return int(state["chunks_done"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"checkpoint {checkpoint.path}: malformed state ({e}); delete it and start again") from None

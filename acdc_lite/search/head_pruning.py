@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from acdc_lite.boundary import InputError
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext, SearchResult, component_senders, node_mask_to_edges, prune_dangling
 
 
@@ -25,6 +27,7 @@ class HeadPruningConfig:
     include_mlps: bool = False
     batch: int = 16
     progress: bool = True
+    checkpoint: Checkpointer | None = None  # iterative pruning: saved on its interval and on interruption
 
 
 def _result(ctx, method, params, removed, node_scores, trajectory, metric_full) -> SearchResult:
@@ -45,28 +48,43 @@ def run(ctx: SearchContext, config: HeadPruningConfig = HeadPruningConfig()) -> 
     graph = ctx.graph
     metric_full = float(ctx.evaluate(graph.full_mask()))
     current = metric_full
-    removed: set[int] = set()
+    removed: list[int] = []
     node_scores: dict[int, float] = {}
     trajectory = []
     components = component_senders(graph, config.include_mlps)
-    with tqdm(total=len(components), desc="head pruning", disable=not config.progress, unit="node") as bar:
-        while len(removed) < len(components):
-            remaining = [c for c in components if c not in removed]
-            values = []
-            for i in range(0, len(remaining), config.batch):
-                chunk = remaining[i:i + config.batch]
-                cands = torch.stack([node_mask_to_edges(graph, removed | {c}) for c in chunk])
-                values += ctx.evaluate(cands).tolist()
-            for c, v in zip(remaining, values, strict=True):
-                node_scores[c] = current - v
-            best = max(range(len(remaining)), key=lambda i: values[i])
-            if metric_full - values[best] > config.tau:
-                break
-            removed.add(remaining[best])
-            current = values[best]
-            trajectory.append({"removed": str(graph.senders[remaining[best]]), "metric": current,
-                               "forward_passes": ctx.patcher.forward_passes})
-            bar.update(1)
+    state = config.checkpoint.load("head-pruning") if config.checkpoint is not None else None
+    if state is not None:
+        removed, node_scores, trajectory, current = _restore(state, graph, config.checkpoint)
+    snapshot = _pruning_state(graph, removed, node_scores, trajectory, current)
+    with tqdm(total=len(components), initial=len(removed), desc="head pruning", disable=not config.progress,
+              unit="node") as bar:
+        try:
+            while len(removed) < len(components):
+                remaining = [c for c in components if c not in removed]
+                values = []
+                for i in range(0, len(remaining), config.batch):
+                    chunk = remaining[i:i + config.batch]
+                    cands = torch.stack([node_mask_to_edges(graph, set(removed) | {c}) for c in chunk])
+                    values += ctx.evaluate(cands).tolist()
+                for c, v in zip(remaining, values, strict=True):
+                    node_scores[c] = current - v
+                best = max(range(len(remaining)), key=lambda i: values[i])
+                if metric_full - values[best] > config.tau:
+                    break
+                removed.append(remaining[best])
+                current = values[best]
+                trajectory.append({"removed": str(graph.senders[remaining[best]]), "metric": current,
+                                   "forward_passes": ctx.patcher.forward_passes})
+                bar.update(1)
+                if config.checkpoint is not None:
+                    snapshot = _pruning_state(graph, removed, node_scores, trajectory, current)
+                    if config.checkpoint.due():
+                        config.checkpoint.save("head-pruning", {**snapshot, "forward_passes": ctx.patcher.forward_passes})
+        except KeyboardInterrupt:
+            if config.checkpoint is not None:
+                config.checkpoint.save("head-pruning", {**snapshot, "forward_passes": ctx.patcher.forward_passes})
+            raise
+    removed = set(removed)
     params = {"tau": config.tau, "include_mlps": config.include_mlps}
     return _result(ctx, "head-pruning", params, removed, node_scores, trajectory, metric_full)
 
@@ -92,3 +110,23 @@ def hisp(ctx: SearchContext, config: HeadPruningConfig = HeadPruningConfig()) ->
     params = {"tau": config.tau, "include_mlps": config.include_mlps}
     trajectory = [{"removed": [str(graph.senders[c]) for c in order[:lo]], "forward_passes": ctx.patcher.forward_passes}]
     return _result(ctx, "hisp", params, set(order[:lo]), importance, trajectory, metric_full)
+
+
+def _pruning_state(graph, removed: list[int], node_scores: dict[int, float], trajectory: list, current: float) -> dict:
+    return {"graph": list(graph.shape_key), "removed": [str(graph.senders[c]) for c in removed],
+            "node_scores": {str(graph.senders[c]): v for c, v in node_scores.items()},
+            "trajectory": list(trajectory), "current": current}
+
+
+def _restore(state: dict, graph, checkpoint: Checkpointer):
+    index = {str(n): i for i, n in enumerate(graph.senders)}
+    try:
+        if tuple(state["graph"]) != graph.shape_key:
+            raise InputError(f"checkpoint {checkpoint.path} is for another model graph {state['graph']}")
+        removed = [index[n] for n in state["removed"]]
+        node_scores = {index[n]: float(v) for n, v in state["node_scores"].items()}
+        return removed, node_scores, list(state["trajectory"]), float(state["current"])
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"checkpoint {checkpoint.path}: malformed state ({e}); delete it and start again") from None

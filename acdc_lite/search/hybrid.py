@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search import acdc, attribution
 from acdc_lite.search.common import SearchContext, SearchResult
 
@@ -28,6 +29,7 @@ class HybridConfig:
     ig_steps: int = 5
     batch: int = 8  # ACDC's speculative candidates per pass
     progress: bool = True
+    checkpoint: Checkpointer | None = None  # for the ACDC phase (attribution is recomputed on resume: it is cheap)
 
 
 def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResult:
@@ -35,7 +37,7 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     after_attribution = ctx.patcher.forward_passes
     estimates = attr.scores.abs().nan_to_num(float("inf"))  # an unscored edge is never assumed unimportant
     result = acdc.run(ctx, acdc.ACDCConfig(tau=config.tau, batch=config.batch, progress=config.progress,
-                                           estimates=estimates))
+                                           estimates=estimates, checkpoint=config.checkpoint))
     scores = attr.scores.clone()
     measured = ~result.scores.isnan()
     scores[measured] = result.scores[measured]
