@@ -260,6 +260,10 @@ def task_from_jsonl(path: str | Path, model: nn.Module | None = None, n_examples
 
         def ids(value, key, single=False, lineno=lineno):
             nonlocal vocab
+            if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+                raise TaskError(f"{path}:{lineno}: {key} holds true/false; write token ids as numbers or text as a string")
+            if isinstance(value, list) and not value:
+                raise TaskError(f"{path}:{lineno}: {key} is an empty list; give at least one token id")
             if isinstance(value, int) or (isinstance(value, list) and all(isinstance(v, int) for v in value)):
                 v = [value] if isinstance(value, int) else value
                 if single and len(v) != 1:
