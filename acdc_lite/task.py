@@ -550,8 +550,10 @@ def task_from_file(path: str | Path, model: nn.Module | None = None, n_examples:
 
     def ids(value, key, where, alternatives_ok=False):
         nonlocal vocab
-        if isinstance(value, bool):
-            raise TaskError(f"{where}: {key} must be text or token ids, got {value!r}")
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise TaskError(f"{where}: {key} holds true/false; write token ids as numbers or text as a string")
+        if isinstance(value, list) and not value:
+            raise TaskError(f"{where}: {key} is an empty list; give at least one token id")
         if isinstance(value, int) or (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool)
                                                                                 for v in value)):
             return [value] if isinstance(value, int) else value

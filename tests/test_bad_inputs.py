@@ -172,6 +172,12 @@ CASES = [
          "--task", _write(d / "in" / "t.jsonl", b'{"clean": "caf\xe9"}\n')], 1, "not UTF-8"),
     Case("task-not-json", "task file", "a line that is not JSON", lambda b, d: ["discover", "--model", b / "model", "--quiet",
          "--out", d / "out", "--task", _write(d / "in" / "t.jsonl", "{oops\n")], 1, ":1: not valid JSON"),
+    Case("task-bool-ids", "task file", "token ids given as booleans", lambda b, d: ["discover", "--model", b / "model", "--quiet",
+         "--out", d / "out", "--task", _write(d / "in" / "t.jsonl", '{"clean": [true, 2], "corrupt": [1, 2], "answer": 3}\n')], 1,
+         "holds true/false"),
+    Case("task-empty-ids", "task file", "an empty id list", lambda b, d: ["discover", "--model", b / "model", "--quiet",
+         "--out", d / "out", "--task", _write(d / "in" / "t.jsonl", '{"clean": [], "corrupt": [], "answer": 3}\n')], 1,
+         "empty list"),
     # -- circuit file
     Case("circuit-list", "circuit file", "top level is a list", lambda b, d: ["render", _write(d / "in" / "c.json", [1, 2]),
          "-o", d / "out" / "c.dot", "-f", "dot"], 1, "top level is a JSON array"),

@@ -96,8 +96,12 @@ def test_second_run_on_a_busy_folder_refuses(tmp_path):
     while done_receivers(out) < 1:
         assert first.poll() is None
         time.sleep(0.01)
-    second = cli(out, "--force")
-    _, err = second.communicate(timeout=600)
+    first.send_signal(signal.SIGSTOP)  # frozen while it holds the folder: no race with its end
+    try:
+        second = cli(out, "--force")
+        _, err = second.communicate(timeout=600)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and f"in use by process {first.pid}" in err, err
     _, err = first.communicate(timeout=900)
-    assert first.returncode == 0, err
+    assert first.returncode == 0 and (out / "circuit.json").is_file() and not (out / "run.lock").exists(), err

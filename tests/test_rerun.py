@@ -99,3 +99,19 @@ def test_changed_weights_are_refused(found):
     BUILDERS["gpt2"]().save_pretrained(work / "models" / "gpt2-tiny")
     res = run("validate", circuit_file)
     assert res.exit_code == 1 and "but these weights are" in res.output
+
+
+def test_a_builtin_task_on_a_zoo_model_is_found_again_with_its_parameters(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("discover", "--model", "induction-attn-2l", "--task", "induction", "--method", "eap", "--n-examples", 12,
+              "--seed", 3, "--out", "runs/b", "--quiet")
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "runs" / "b" / "circuit.json").read_text())
+    assert saved["model"]["source"]["kind"] == "zoo" and saved["model"]["source"]["given"] == "induction-attn-2l"
+    assert saved["task"]["reference"] == {"kind": "builtin", "given": "induction", "n_examples": 12, "seed": 3,
+                                          "metric": None}
+    faith = re.search(r"faithfulness (-?[0-9.]+)", res.output).group(1)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    res = run("validate", "../runs/b/circuit.json")
+    assert res.exit_code == 0 and f"faithfulness {faith} " in res.output, res.output
