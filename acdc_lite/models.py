@@ -307,7 +307,7 @@ def _load(spec, processing: Processing, offline: bool | None, tolerance: float) 
         path = Path(name).expanduser()
         if not path.exists():
             parent = path.parent if str(path.parent) not in ("", ".") else Path(".")
-            hint = (f"{parent} holds {', '.join(sorted(p.name for p in parent.iterdir())[:8]) or 'nothing'}"
+            hint = (f"{parent} holds {', '.join(sorted(p.name for p in parent.iterdir() if not p.name.startswith('.'))[:8]) or 'nothing'}"
                     if parent.is_dir() else f"{parent} does not exist either")
             raise ModelLoadError(f"no model directory {name!r} ({hint}); a path is never looked up on the hub")
         if not path.is_dir():
