@@ -75,7 +75,8 @@ def find_task(circuit: Circuit, model: nn.Module, where: str = "the circuit") ->
         return load_task(name, model, n_examples=circuit.task.get("n_examples", 64))
     n_examples = ref.get("n_examples") or circuit.task.get("n_examples", 64)
     if ref.get("kind") != "file":
-        return load_task(ref["given"], model, n_examples=n_examples, seed=ref.get("seed", 0), metric=ref.get("metric"))
+        return load_task(ref["given"], model, n_examples=n_examples, seed=ref.get("seed", 0), metric=ref.get("metric"),
+                         padding_side=circuit.task.get("padding_side"))
     paths = _candidates(ref)
     for path in paths:
         if path.is_file():
@@ -83,7 +84,8 @@ def find_task(circuit: Circuit, model: nn.Module, where: str = "the circuit") ->
             if ref.get("sha256") and digest != ref["sha256"]:
                 raise CircuitError(f"{where}: task file {path} has changed since the circuit was found (sha256 "
                                    f"{digest[:12]}, recorded {ref['sha256'][:12]}); restore it or pass --task")
-            return load_task(str(path), model, n_examples=n_examples, metric=ref.get("metric"))
+            return load_task(str(path), model, n_examples=n_examples, metric=ref.get("metric"),
+                             padding_side=circuit.task.get("padding_side"))
     raise CircuitError(f"{where}: its task file is missing: tried {_tried(paths)}; pass --task FILE")
 
 

@@ -198,3 +198,22 @@ def test_metric_from_an_entry_point(tmp_path, monkeypatch):
     assert task.metric()(logits, torch.arange(1)).tolist() == [float(logits[0, 1, 5])]
     with pytest.raises(TaskError, match="metric 'broken': entry point 'no_such_module_xyz:f' fails to load"):
         task.metric("broken")
+
+
+def test_validate_finds_a_padded_multi_token_file_task_again(tmp_path):
+    from acdc_lite import SmallTransformer, SmallTransformerConfig
+    from acdc_lite.rerun import rerun
+
+    torch.manual_seed(0)
+    SmallTransformer(SmallTransformerConfig(n_layers=2, n_heads=2, d_model=16, d_head=4, d_vocab=20, n_ctx=16)).save(
+        tmp_path / "model")
+    model = load_model(str(tmp_path / "model"))
+    rows = [{"clean": [1, 2, 3, 4], "corrupt": [5, 6, 7, 8], "answer": [9, 10], "foil": [9, 11]},
+            {"clean": [2, 3], "corrupt": [6, 7], "answer": [12], "foil": [13]}]
+    path = _jsonl(tmp_path / "t.jsonl", rows)
+    task = load_task(str(path), model, padding_side="left")
+    circuit = discover(model, task, "eap", top_n=4)
+    circuit.save(tmp_path / "c.json")
+    again = rerun(tmp_path / "c.json")
+    assert again.task.padding_side.value == "left" and torch.equal(again.task.clean, task.clean)
+    assert again.task.default_metric == "seq_logit_diff" and again.metric == "seq_logit_diff"
