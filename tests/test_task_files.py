@@ -74,6 +74,11 @@ def test_variable_length_jsonl_with_multi_token_answers_runs_end_to_end(local_mo
     report = validate(model, task, circuit, metric="seq_logprob", check_minimality=False, curve=False, random_seeds=0)
     assert report.metric == "seq_logprob" and report.metric_full == report.metric_full  # finite, not NaN
     assert report.metric_full < 0  # a summed log-probability
+    # the discover command's head detectors read the same padded, multi-token task
+    from acdc_lite.pipeline import with_detected_roles
+
+    heads = [str(h) for h in circuit.heads()]
+    assert heads and with_detected_roles(circuit, model, task).provenance["roles"]
 
 
 def test_csv_with_eap_ig_key_names_loads(local_model_dir, tmp_path):

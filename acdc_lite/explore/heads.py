@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite import hooks
+from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
@@ -216,8 +217,10 @@ register(Detector("name-mover", "attention from the answer position to the answe
 
 # ---- running the detectors --------------------------------------------------------------------
 @torch.no_grad()
-def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per layer, the attention probabilities [b, head, query, key] on `tokens` [b, p] (float32, CPU)."""
+def attention_patterns(model: nn.Module, tokens: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Per layer, the attention probabilities [b, head, query, key] on `tokens` [b, p] (float32, CPU);
+    `attention_mask` [b, p] for padded prompts."""
     n_layers = model_info(model).n_layers
     store: dict[int, torch.Tensor] = {}
 
@@ -227,7 +230,7 @@ def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Te
         return hook
 
     with model.hooks(fwd_hooks=[(hooks.attn_pattern(layer), keep(layer)) for layer in range(n_layers)]):
-        model(tokens)
+        forward(model, tokens, attention_mask)
     return tuple(store[layer] for layer in range(n_layers))
 
 
@@ -248,8 +251,8 @@ def head_ablation_effects(model: nn.Module, task: Task, metric: str | None = Non
         return hook
 
     with model.hooks(fwd_hooks=[(hooks.head_result(layer), keep(layer)) for layer in range(info.n_layers)]):
-        corrupt = float(m(model(task.corrupt), idx).mean())
-    clean = float(m(model(task.clean), idx).mean())
+        corrupt = float(m(forward(model, task.corrupt, task.attention_mask), idx).mean())
+    clean = float(m(forward(model, task.clean, task.attention_mask), idx).mean())
     effects = torch.full((info.n_layers, info.n_heads), float("nan"))
     if clean == corrupt:
         return effects
@@ -264,11 +267,13 @@ def head_ablation_effects(model: nn.Module, task: Task, metric: str | None = Non
             return x
 
         with model.hooks(fwd_hooks=[(hooks.head_result(layer), patch)]):
-            effects[layer, head] = (clean - float(m(model(task.clean), idx).mean())) / (clean - corrupt)
+            effects[layer, head] = (clean - float(m(forward(model, task.clean, task.attention_mask), idx).mean())) / (clean - corrupt)
     return effects
 
 
 def _linear_metric(task: Task) -> str:
+    if task.multi_token:
+        return "seq_logit_diff" if task.foil_seqs is not None else "seq_logprob"
     return "logit_diff" if task.foils is not None else "logprob"
 
 
@@ -375,7 +380,7 @@ def detect_heads(model: nn.Module, task: Task, detectors: list[str] | None = Non
     except ValueError as e:
         log.info("no direct logit attribution: %s", e)
         dla = None
-    facts = HeadFacts(model, task, attention_patterns(model, task.clean), dla)
+    facts = HeadFacts(model, task, attention_patterns(model, task.clean, task.attention_mask), dla)
     scores = {}
     for name in names:
         s = DETECTORS[name].score(facts)

@@ -22,6 +22,7 @@ from torch import nn
 
 from acdc_lite import hooks
 from acdc_lite.graph import INPUT_NODE, Node, NodeKind
+from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
@@ -257,8 +258,10 @@ def _direction(model: nn.Module, task: Task, metric: str) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def component_outputs(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(names, [components, N, d] each component's output at `positions`, [N, d] the final residual stream there)."""
+def component_outputs(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(names, [components, N, d] each component's output at `positions`, [N, d] the final residual stream there);
+    `attention_mask` [N, p] for padded prompts."""
     info = model_info(model)
     rows = torch.arange(len(tokens))
     store: dict[str, torch.Tensor] = {}
@@ -275,7 +278,7 @@ def component_outputs(model: nn.Module, tokens: torch.Tensor, positions: torch.T
             names.append((hooks.mlp_out(layer), str(Node(NodeKind.MLP, layer))))
     final = hooks.resid_post(info.n_layers - 1)
     with model.hooks(fwd_hooks=[(h, keep(h)) for h, _ in names] + [(final, keep(final))]):
-        model(tokens)
+        forward(model, tokens, attention_mask)
     labels, outs = [], []
     for hook_name, label in names:
         x = store[hook_name]
@@ -294,11 +297,13 @@ def direct_attribution(model: nn.Module, task: Task, metric: str | None = None, 
     """Every component's direct contribution to the metric at the answer position (see module docstring).
     metric: logit_diff (default with foils) or logit (the mean answer logit)."""
     name = metric or ("logit_diff" if task.foils is not None else "logit")
+    if task.multi_token:
+        raise ValueError(f"direct logit attribution reads one answer token, and task {task.name!r} has answers of several")
     values, totals = [], []
     labels: list[str] = []
     for part in _chunks(len(task), batch_size):
         sub = task.subset(torch.arange(len(task))[part])
-        labels, outs, x_final = component_outputs(model, sub.clean, sub.answer_pos)
+        labels, outs, x_final = component_outputs(model, sub.clean, sub.answer_pos, sub.attention_mask)
         direction, b_dir = _direction(model, sub, name)
         direction = direction.to(outs.device)
         frozen, norm_bias = _final_norm_frozen(model, x_final)
@@ -307,7 +312,7 @@ def direct_attribution(model: nn.Module, task: Task, metric: str | None = None, 
         if norm_bias is not None:
             rest = rest + direction @ norm_bias.to(direction.device)
         values.append(torch.cat([contrib, rest[None]]).cpu())
-        logits = model(sub.clean)[torch.arange(len(sub)), sub.answer_pos].float()
+        logits = forward(model, sub.clean, sub.attention_mask)[torch.arange(len(sub)), sub.answer_pos].float()
         own = (logits.gather(1, sub.answers.clamp(min=0)) * (sub.answers >= 0)).sum(1) / (sub.answers >= 0).sum(1)
         if name == "logit_diff":
             own = own - (logits.gather(1, sub.foils.clamp(min=0)) * (sub.foils >= 0)).sum(1) / (sub.foils >= 0).sum(1)
