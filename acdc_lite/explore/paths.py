@@ -146,7 +146,8 @@ def path_table(model: nn.Module, task: Task, edges: Circuit | Iterable[Edge | st
     circuit_mask = g.mask_from_edges(edge_list)
     with torch.no_grad(), eval_mode(pp.patcher.model):
         m_circuit = float(pp.patcher.evaluate(circuit_mask, pp.metric_fn)[0])
-    in_circuit = pp.without(singles, base=circuit_mask, progress=progress, desc="edge paths in circuit")
+    whole = torch.equal(circuit_mask, g.valid)  # every edge: the circuit is the model
+    in_circuit = in_model if whole else pp.without(singles, base=circuit_mask, progress=progress, desc="edge paths in circuit")
     frame = pd.DataFrame({
         "edge": [str(e) for e in edge_list],
         "sender": [str(e.src) for e in edge_list],
