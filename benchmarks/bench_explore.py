@@ -1,13 +1,13 @@
 """Explore benchmark: what activation-patching sweeps and path patching cost on a GPT-2-small-shaped model.
 
 Model: a random GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, vocab 50257) wrapped by
-TransformerLens' bridge as `load_model` does; a task of 8 prompts x 8 random tokens (corrupt: other random
+TransformerLens' bridge as `load_model` does; a task of 4 prompts x 4 random tokens (corrupt: other random
 tokens, answer/foil: random ids). Each sweep is timed once; "x forward" is its seconds over one plain forward
-pass of the same model on the same 8 prompts (median of 5), measured in the same run. Passes count every
+pass of the same model on the same prompts (median of 5), measured in the same run. Passes count every
 forward pass: the patched cells, the clean and corrupted baselines and the cached run. Two sweeps are run
 (residual stream per layer x position, head output over all positions); the other kinds cost the same per
-pass and their cell counts follow from the shape (attn_out, mlp_out: 12 x 8; head q/k/v/pattern overall:
-144; a per-head sweep by position, 12 x 12 x 8 = 1,152 cells, is counted, not run).
+pass and their cell counts follow from the shape (attn_out, mlp_out: 12 x 4; head q/k/v/pattern overall:
+144; a per-head sweep by position, 12 x 12 x 4 = 576 cells, is counted, not run).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_explore.py     # writes benchmarks/explore.md and explore.csv
 """
@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-BATCH, SEQ = 8, 8
+BATCH, SEQ = 4, 4
 
 
 def main() -> None:
@@ -71,9 +71,11 @@ def main() -> None:
     out = Path(__file__).parent
     frame.to_csv(out / "explore.csv", index=False)
     lines = ["# Explore benchmark: sweep and path-patching cost", "",
-             "Written by `OMP_NUM_THREADS=1 python benchmarks/bench_explore.py` (see its docstring), run alone on the machine's "
-             f"2 cores. Random GPT-2-small-shaped model (bridge), {BATCH} prompts x {SEQ} tokens. One plain forward pass: "
-             f"{forward:.3f} s. x forward = seconds / one plain forward, in the same run; direction clean-into-corrupt.", "",
+             "Written by `OMP_NUM_THREADS=1 python benchmarks/bench_explore.py` (see its docstring) on the machine's 2 cores, "
+             "as the only job of its session; other sessions shared the machine (load average about 10), so absolute seconds "
+             "are inflated and only the ratios, measured in the same run, carry over. Random GPT-2-small-shaped model "
+             f"(bridge), {BATCH} prompts x {SEQ} tokens. One plain forward pass: {forward:.3f} s. x forward = seconds / one "
+             "plain forward, in the same run; direction clean-into-corrupt.", "",
              "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     for r in rows:
         lines.append("| " + " | ".join("" if v is None else str(v) for v in r.values()) + " |")
