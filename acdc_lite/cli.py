@@ -145,7 +145,7 @@ def validate(
                                     "beside it, OUT with .run.json)."),
     plot: bool = typer.Option(False, "--plot", help="Draw the faithfulness curve, per-example histogram and edge necessity."),
     plot_dir: Path | None = typer.Option(None, "--plot-dir", help="Where --plot writes (default: CIRCUIT's folder/validation)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (--json shows none either)."),
 ):
     """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
 
