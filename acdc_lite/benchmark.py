@@ -68,10 +68,16 @@ def _heads(names) -> set[str]:
     return {n for n in names if n.startswith("a")}
 
 
+def _components(names, with_mlps: bool) -> set[str]:
+    return {n for n in names if n.startswith("a") or (with_mlps and n.startswith("m"))}
+
+
 def search_row(name: str, model: nn.Module, task: Task, method: str, ground_truth_heads: set[str] | None = None,
-               forward_seconds: float | None = None, **kwargs) -> tuple[dict, SearchResult]:
-    """Run one search and describe it: quality (faithfulness on the task's metric, node precision/recall and
-    node ROC AUC against `ground_truth_heads`) and cost."""
+               forward_seconds: float | None = None, ground_truth_edges: set[str] | None = None,
+               count_mlps: bool = False, **kwargs) -> tuple[dict, SearchResult]:
+    """Run one search and describe it: quality (faithfulness and completeness on the task's metric; node
+    precision/recall and node ROC AUC against `ground_truth_heads`, which also holds MLPs when `count_mlps`;
+    edge precision/recall and edge ROC AUC against `ground_truth_edges`) and cost."""
     from acdc_lite.search import search
     from acdc_lite.validate import node_scores, node_set, precision_recall, roc_auc
 
@@ -81,10 +87,11 @@ def search_row(name: str, model: nn.Module, task: Task, method: str, ground_trut
     ctx = SearchContext.build(model, task, task.default_metric)  # every method judged on the same metric
     full, empty = float(ctx.evaluate(ctx.graph.full_mask())), float(ctx.evaluate(ctx.graph.empty_mask()))
     faithfulness = (float(ctx.evaluate(result.kept)) - empty) / (full - empty)
+    completeness = (float(ctx.evaluate(ctx.graph.valid & ~result.kept)) - empty) / (full - empty)
     nodes = node_set(ctx.graph, result.kept)
     row = {"model": name, "task": task.name, "method": method,
            "graph_edges": ctx.graph.n_edges(), "edges": result.n_edges, "heads": len(_heads(nodes)),
-           "faithfulness": round(faithfulness, 3),
+           "faithfulness": round(faithfulness, 3), "completeness": round(completeness, 3),
            "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
            "seconds": round(seconds, 2)}
     if forward_seconds:
@@ -92,10 +99,20 @@ def search_row(name: str, model: nn.Module, task: Task, method: str, ground_trut
     if "floor_forward_passes" in result.stats:
         row["x_floor"] = round(result.forward_passes / result.stats["floor_forward_passes"], 2)
     if ground_truth_heads is not None:
-        pr = precision_recall(_heads(nodes), ground_truth_heads)
-        scores = {k: v for k, v in node_scores(ctx.graph, result.scores).items() if k.startswith("a")}
+        truth = _components(ground_truth_heads, count_mlps)
+        pr = precision_recall(_components(nodes, count_mlps), truth)
+        scores = {k: v for k, v in node_scores(ctx.graph, result.scores).items() if k in _components([k], count_mlps)}
         row.update({"node_precision": round(pr.precision, 2), "node_recall": round(pr.recall, 2),
-                    "node_roc_auc": round(roc_auc(list(scores.values()), [k in ground_truth_heads for k in scores]), 3)})
+                    "node_roc_auc": round(roc_auc(list(scores.values()), [k in truth for k in scores]), 3)})
+    if ground_truth_edges is not None:
+        edges = ctx.graph.edges
+        kept = ctx.graph.valid & result.kept.bool()
+        found = {str(e) for e in ctx.graph.edges_from_mask(kept)}
+        pr = precision_recall(found, ground_truth_edges)
+        valid = ctx.graph.valid.nonzero().tolist()
+        edge_scores = [float(result.scores[s, r].abs()) for s, r in valid]
+        row.update({"edge_precision": round(pr.precision, 2), "edge_recall": round(pr.recall, 2),
+                    "edge_roc_auc": round(roc_auc(edge_scores, [str(e) in ground_truth_edges for e in edges]), 3)})
     return row, result
 
 
@@ -112,12 +129,14 @@ def zoo_suite(models: Sequence[str] | None = None, methods: Sequence[str] = ZOO_
         card = zoo.card(name)
         model = load_model(name)
         task = load_task(card["task"]["name"], model, n_examples=n_examples, seed=seed)
-        truth = {h["head"] for h in card.get("ground_truth", [])}
+        truth = zoo.ground_truth_nodes(card)
+        truth_edges = zoo.ground_truth_edges(card)
+        count_mlps = zoo.counts_mlps(card)
         forward = plain_forward_seconds(model, task.clean)
         grouped = model_info(model).n_kv_heads < model_info(model).n_heads
         for method in methods:
             try:
-                row, result = search_row(name, model, task, method, truth, forward, seed=seed)
+                row, result = search_row(name, model, task, method, truth, forward, truth_edges, count_mlps, seed=seed)
             except SearchError as e:
                 row, result = {"model": name, "task": task.name, "method": method, "skipped": str(e).split(";")[0]}, None
                 if not grouped:
@@ -125,8 +144,8 @@ def zoo_suite(models: Sequence[str] | None = None, methods: Sequence[str] = ZOO_
             rows.append({"suite": "zoo", **row})
             if method == "hybrid" and result is not None and "acdc" in methods:
                 # ACDC under the hybrid's own criterion (task metric, same tau): the like-for-like comparison
-                row, _ = search_row(name, model, task, "acdc", truth, forward, seed=seed, metric=task.default_metric,
-                                    tau=result.params["tau"])
+                row, _ = search_row(name, model, task, "acdc", truth, forward, truth_edges, count_mlps, seed=seed,
+                                    metric=task.default_metric, tau=result.params["tau"])
                 rows.append({"suite": "zoo", **row, "method": "acdc (hybrid's metric and tau)"})
     return rows
 

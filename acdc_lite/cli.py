@@ -512,7 +512,7 @@ def zoo_list():
 
     for name in zoo.names():
         card = zoo.card(name)
-        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
+        heads = ", ".join(f"{h.get('node', h.get('head'))} ({h['class']})" for h in card.get("ground_truth", []))
         typer.echo(f"{name:24s} {heads}")
 
 
@@ -525,7 +525,7 @@ def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
 
         path = out or ZOO_DIR / name
         _, card = train.train(name, seed=seed, out_dir=path)
-        heads = ", ".join(f"{h['head']} ({h['class']})" for h in card.get("ground_truth", []))
+        heads = ", ".join(f"{h.get('node', h.get('head'))} ({h['class']})" for h in card.get("ground_truth", []))
         typer.echo(f"wrote {path}; ground-truth heads: {heads}")
 
     _guard(job)

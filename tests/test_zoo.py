@@ -41,8 +41,10 @@ def test_zoo_files_are_small_and_cards_complete(name):
     for key in ("architecture", "training", "task", "ground_truth", "measurement"):
         assert key in card, f"card of {name} lacks {key}"
     assert {"seed", "steps", "seconds", "data"} <= set(card["training"])
-    for head in card["ground_truth"]:
-        assert head["class"] in ("previous-token", "induction", "name-mover", "s-inhibition", "duplicate-token")
+    for entry in card["ground_truth"]:
+        assert entry["class"] in ("previous-token", "induction", "name-mover", "s-inhibition", "duplicate-token",
+                                  "year-reader", "tens-reader", "units-reader", "mlp", "unclassified")
+        assert Node.parse(entry.get("node", entry.get("head"))).kind.value in ("head", "mlp")
 
 
 @pytest.fixture(scope="module", params=INDUCTION_ZOO)
@@ -221,3 +223,42 @@ def test_retraining_reproduces_the_shipped_card(name, tmp_path):
     assert (torch.tensor(card["measurement"]["ablation_effects"]) - torch.tensor(shipped["measurement"]["ablation_effects"])
             ).abs().max() <= tol["ablation_effect"]
     assert load_model(str(tmp_path / "m")) is not None
+
+
+CIRCUIT_ZOO = [n for n in NAMES if zoo.counts_mlps(zoo.card(n))]
+
+
+@pytest.mark.parametrize("name", CIRCUIT_ZOO)
+def test_circuit_card_nodes_reproduce(name):
+    """The quick check: every node's single ablation effect and the node circuit's faithfulness, re-measured on the
+    card's task from the shipped weights, match the card within tolerance."""
+    card = zoo.card(name)
+    model = load_model(name)
+    task = load_task(card["task"]["name"], model, n_examples=card["task"]["n_examples"], seed=card["task"]["seed"])
+    probe = measure.CircuitProbe(model, task)
+    circuit = card["measurement"]["circuit"]
+    tol = card["measurement"]["tolerance"]["ablation_effect"]
+    effects = probe.node_effects()
+    assert effects.keys() == circuit["node_ablation_effects"].keys()
+    for node, effect in circuit["node_ablation_effects"].items():
+        assert abs(effects[node] - effect) <= tol, node
+    nodes = [t["node"] for t in card["ground_truth"]]
+    assert {n for n, e in effects.items() if e >= 0.1} == set(nodes)
+    assert abs(probe.faithfulness(probe.only_nodes(nodes)) - circuit["circuit_faithfulness_nodes"]) <= tol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CIRCUIT_ZOO)
+def test_circuit_cards_reproduce(name):
+    """Cards measured by patching (heads and MLPs): re-measured from the shipped weights, the ground truth is the same
+    nodes and classes, every node's ablation effect is within tolerance, and the circuit alone keeps the behaviour."""
+    card = zoo.card(name)
+    fresh = train.CARD_MEASURES[card["task"]["name"]](load_model(name))
+    tol = card["measurement"]["tolerance"]
+    assert [(t["node"], t["class"]) for t in fresh["ground_truth"]] == [(t["node"], t["class"]) for t in card["ground_truth"]]
+    old, new = card["measurement"]["circuit"], fresh["measurement"]["circuit"]
+    for node, effect in old["node_ablation_effects"].items():
+        assert abs(new["node_ablation_effects"][node] - effect) <= tol["ablation_effect"], node
+    assert {e["edge"] for e in new["edges"]} == {e["edge"] for e in old["edges"]}
+    assert new["circuit_faithfulness_nodes"] >= 0.9 and new["outside_ablated_effect"] <= 0.1
+    assert card["hooked_vs_source"]["max_abs_logprob_diff"] < 1e-3 if "hooked_vs_source" in card else True

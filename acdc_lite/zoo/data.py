@@ -142,3 +142,120 @@ def ioi_batch(n: int, seq_len: int, recipe: IOIRecipe, g: torch.Generator) -> tu
         weights[i, :len(ids) - 1] = recipe.unpredictable_weight
         weights[i, len(ids) - 2] = 1.0
     return tokens, weights
+
+
+# ---- the greater-than language ----------------------------------------------------------------
+# "<bos> [opening] The NOUN lasted from the year 17 YY to the year 17 ZZ" with ZZ uniform over the
+# years after YY; the tokenizer splits "1732" into "17" + "32" (see train.year_pair_tokenizer), so
+# the built-in greater-than task writes its prompts in the GPT-2 style and they tokenize like these.
+GT_OPENINGS = ["", "Then ,", "Long ago ,", "In history ,"]
+GT_WORDS = ["The", "lasted", "from", "the", "year", "to", "17"]
+
+
+def _greater_than_module():
+    from acdc_lite.zoo.measure import builtin_task_module
+
+    return builtin_task_module("greater_than")
+
+
+def greater_than_vocab() -> list[str]:
+    """<bos>, <pad>, the template and opening words, the nouns of tasks/greater_than.py, then "00".."99"."""
+    gt = _greater_than_module()
+    words = list(IOI_SPECIALS) + list(GT_WORDS)
+    for text in GT_OPENINGS:
+        words += [w for w in text.split() if w not in words]
+    return words + list(gt.NOUNS) + [f"{y:02d}" for y in range(100)]
+
+
+def greater_than_held_out(noun_index: int, yy: int) -> bool:
+    """(noun, start year) pairs never seen in training: one in ten."""
+    return (3 * noun_index + yy) % 10 == 0
+
+
+@dataclass(frozen=True)
+class GreaterThanRecipe:
+    first_yy: int = 1  # start years 17YY with YY in first_yy..last_yy ("01", the task's corruption, included)
+    last_yy: int = 98
+    p_opening: float = 0.5
+    unpredictable_weight: float = 0.1  # loss weight of every next token but the end year
+
+    def describe(self) -> str:
+        return (f"BOS, with probability {self.p_opening} an opening ({', '.join(repr(o) for o in GT_OPENINGS if o)}), then "
+                f"'The NOUN lasted from the year 17 YY to the year 17 ZZ' (NOUN one of the {len(_greater_than_module().NOUNS)} "
+                f"of tasks/greater_than.py, YY uniform in {self.first_yy:02d}..{self.last_yy:02d}, ZZ uniform in YY+1..99; "
+                f"the (noun, YY) pairs with (3 noun index + YY) mod 10 == 0 held out); "
+                f"right-padded; loss weight 1 on ZZ, {self.unpredictable_weight} on the other tokens, 0 on padding")
+
+
+def greater_than_batch(n: int, seq_len: int, recipe: GreaterThanRecipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [n, seq_len] (right-padded) and loss weights [n, seq_len - 1]."""
+    vocab = greater_than_vocab()
+    index = {w: i for i, w in enumerate(vocab)}
+    nouns = _greater_than_module().NOUNS
+    tokens = torch.full((n, seq_len), index["<pad>"], dtype=torch.long)
+    weights = torch.zeros(n, seq_len - 1)
+    for i in range(n):
+        opening = GT_OPENINGS[1 + int(torch.randint(len(GT_OPENINGS) - 1, (1,), generator=g))] \
+            if float(torch.rand(1, generator=g)) < recipe.p_opening else ""
+        while True:
+            k = int(torch.randint(len(nouns), (1,), generator=g))
+            yy = int(torch.randint(recipe.first_yy, recipe.last_yy + 1, (1,), generator=g))
+            if not greater_than_held_out(k, yy):
+                break
+        noun = nouns[k]
+        zz = int(torch.randint(yy + 1, 100, (1,), generator=g))
+        text = f"{opening} The {noun} lasted from the year 17 {yy:02d} to the year 17 {zz:02d}"
+        ids = [index["<bos>"]] + [index[w] for w in text.split()]
+        if len(ids) > seq_len:
+            raise ValueError(f"a greater-than sentence of {len(ids)} tokens does not fit seq_len {seq_len}")
+        tokens[i, :len(ids)] = torch.tensor(ids)
+        weights[i, :len(ids) - 1] = recipe.unpredictable_weight
+        weights[i, len(ids) - 2] = 1.0
+    return tokens, weights
+
+
+# ---- the addition language --------------------------------------------------------------------
+# "<bos> What is 5 7 + 1 2 ? Answer : 6 9" with digits as single tokens (train.digit_tokenizer splits
+# "57" into "5" "7"), so the built-in addition task's prompts "What is 57 + 12? Answer:" tokenize like
+# these and its answer is the first digit of the sum.
+ADDITION_WORDS = ["<bos>", "<pad>", "What", "is", "+", "?", "Answer", ":"] + [str(d) for d in range(10)]
+
+
+def addition_held_out(a: int, b: int) -> bool:
+    """Operand pairs never seen in training (one in ten, spread over carry and no-carry pairs)."""
+    return (7 * a + 3 * b) % 10 == 0
+
+
+@dataclass(frozen=True)
+class AdditionRecipe:
+    answer_weight: float = 1.0  # loss weight of every digit of the sum
+    unpredictable_weight: float = 0.1  # loss weight of the other next tokens
+
+    def describe(self) -> str:
+        return ("BOS 'What is A1 A0 + B1 B0 ? Answer :' then the digits of A + B (A, B uniform in 10..99, one digit per "
+                "token; operand pairs with (7 A + 3 B) mod 10 == 0 held out), right-padded; loss weight "
+                f"{self.answer_weight} on the sum's digits, {self.unpredictable_weight} on the other tokens, 0 on padding")
+
+
+def addition_ids(a: int, b: int) -> list[int]:
+    index = {w: i for i, w in enumerate(ADDITION_WORDS)}
+    text = f"What is {' '.join(str(a))} + {' '.join(str(b))} ? Answer : {' '.join(str(a + b))}"
+    return [index["<bos>"]] + [index[w] for w in text.split()]
+
+
+def addition_batch(n: int, seq_len: int, recipe: AdditionRecipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [n, seq_len] (right-padded) and loss weights [n, seq_len - 1]; held-out operand pairs are redrawn."""
+    pad = ADDITION_WORDS.index("<pad>")
+    tokens = torch.full((n, seq_len), pad, dtype=torch.long)
+    weights = torch.zeros(n, seq_len - 1)
+    prompt_len = len(addition_ids(10, 10)) - 2  # BOS ... ":" (the sum of 10 + 10 has two digits)
+    for i in range(n):
+        while True:
+            a, b = (int(x) for x in torch.randint(10, 100, (2,), generator=g))
+            if not addition_held_out(a, b):
+                break
+        ids = addition_ids(a, b)
+        tokens[i, :len(ids)] = torch.tensor(ids)
+        weights[i, :len(ids) - 1] = recipe.unpredictable_weight
+        weights[i, prompt_len - 1:len(ids) - 1] = recipe.answer_weight
+    return tokens, weights

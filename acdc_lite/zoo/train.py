@@ -9,9 +9,10 @@ weights on the same torch build.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,20 @@ from torch import nn
 from acdc_lite.models import load_model, model_info
 from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
 from acdc_lite.zoo import ZOO_DIR, measure
-from acdc_lite.zoo.data import IOIRecipe, SegmentRecipe, ioi_batch, ioi_vocab, repeated_random, segment_batch
+from acdc_lite.zoo.data import (
+    ADDITION_WORDS,
+    AdditionRecipe,
+    GreaterThanRecipe,
+    IOIRecipe,
+    SegmentRecipe,
+    addition_batch,
+    greater_than_batch,
+    greater_than_vocab,
+    ioi_batch,
+    ioi_vocab,
+    repeated_random,
+    segment_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +57,14 @@ class Recipe:
     builder: str  # "small" | "llama" | "gpt2"
     arch: dict  # keyword arguments of the builder
     steps: int
-    data: SegmentRecipe | IOIRecipe = field(default_factory=SegmentRecipe)  # the training language: induction or IOI
+    data: SegmentRecipe | IOIRecipe | GreaterThanRecipe | AdditionRecipe = field(default_factory=SegmentRecipe)  # the language
     seq_len: int = 48
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup: int = 50
     head_penalty: float = 0.0  # weight of sum over heads of the mean norm of each head's output (group lasso)
+    mlp_penalty: float = 0.0  # the same for each MLP's output
     embed_std: float | None = None  # gpt2 only: initialise token and position embeddings with this std (GPT-2's is 0.02)
 
 
@@ -111,41 +126,102 @@ RECIPES: dict[str, Recipe] = {
         data=IOIRecipe(),
         seq_len=24,
     ),
+    "greater-than-gpt2-2l": Recipe(
+        description="2-layer GPT-2-architecture model (GPT2LMHeadModel, untied unembedding) trained on a word-level "
+                    "greater-than language ('The war lasted from the year 17 32 to the year 17 ZZ', ZZ a later year); its "
+                    "tokenizer splits '1732' into '17' + '32', so the built-in greater-than task runs on it as written "
+                    "for GPT-2. See ground_truth and measurement.",
+        builder="gpt2",
+        arch={"n_layer": 2, "n_head": 4, "n_embd": 64, "tie_word_embeddings": False},
+        steps=2000,
+        data=GreaterThanRecipe(),
+        seq_len=20,
+        head_penalty=0.02,
+        mlp_penalty=0.02,
+    ),
+    "addition-llama-2l": Recipe(
+        description="2-layer Llama-architecture model (rotary positions, RMSNorm, gated MLP) trained on two-digit "
+                    "addition written digit by digit ('What is 5 7 + 1 2 ? Answer : 6 9'); its tokenizer splits numbers "
+                    "into digits, so the built-in addition task's answer is the sum's first digit. See ground_truth and "
+                    "measurement.",
+        builder="llama",
+        arch={"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "intermediate_size": 256},
+        steps=3000,
+        data=AdditionRecipe(),
+        seq_len=16,
+        head_penalty=0.02,
+        mlp_penalty=0.02,
+    ),
+    "induction-llama-gqa-2l": Recipe(
+        description="2-layer Llama-architecture model with grouped-query attention (4 query heads, 2 key/value heads) "
+                    "trained on repeated random segments; previous-token head in layer 0, induction heads in layer 1 "
+                    "(see ground_truth).",
+        builder="llama",
+        arch={"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 48,
+              "intermediate_size": 128},
+        steps=1500,
+        data=SegmentRecipe(min_seg=4, max_seg=10, p_gap=0.5, max_gap=12),
+        head_penalty=0.02,
+        mlp_penalty=0.02,
+    ),
 }
 
 
-def _vocab_words(recipe: Recipe | None = None) -> list[str]:
-    if recipe is not None and isinstance(recipe.data, IOIRecipe):
-        return ioi_vocab()
-    return ["<bos>"] + [f"t{i}" for i in range(1, N_TOKENS)]
+@dataclass(frozen=True)
+class Language:
+    """A training language: the task it teaches, its words, how its tokenizer splits text, its batches."""
+
+    task: str
+    words: Callable[[], list[str]]
+    split: str  # how the saved tokenizer splits text (see `word_tokenizer`)
+    batch: Callable[[Recipe, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    vocabulary: Callable[[], str]  # one line for the card
 
 
-def _task_name(recipe: Recipe) -> str:
-    return "ioi" if isinstance(recipe.data, IOIRecipe) else "induction"
+def _ioi_vocabulary() -> str:
+    ioi = measure.builtin_task_module("ioi")
+    return (f"{len(ioi_vocab())} words (config.json lists them): <bos>, <pad>, the template words, then the "
+            f"{len(ioi.NAMES)} names, {len(ioi.PLACES)} places and {len(ioi.OBJECTS)} objects of tasks/ioi.py")
 
 
-def _batch(recipe: Recipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(recipe.data, IOIRecipe):
-        return ioi_batch(recipe.batch_size, recipe.seq_len, recipe.data, g)
-    return segment_batch(recipe.batch_size, recipe.seq_len, N_TOKENS, recipe.data, g)
+LANGUAGES: dict[type, Language] = {
+    SegmentRecipe: Language(
+        "induction", lambda: ["<bos>"] + [f"t{i}" for i in range(1, N_TOKENS)], "words",
+        lambda r, g: segment_batch(r.batch_size, r.seq_len, N_TOKENS, r.data, g),
+        lambda: "id 0 is BOS; ids 1-63 are interchangeable random tokens"),
+    IOIRecipe: Language("ioi", ioi_vocab, "words", lambda r, g: ioi_batch(r.batch_size, r.seq_len, r.data, g), _ioi_vocabulary),
+    GreaterThanRecipe: Language(
+        "greater-than", greater_than_vocab, "year-pairs", lambda r, g: greater_than_batch(r.batch_size, r.seq_len, r.data, g),
+        lambda: (f"{len(greater_than_vocab())} words (tokenizer.json): <bos>, <pad>, the template and opening words, the "
+                 "nouns of tasks/greater_than.py and the two-digit years 00..99; the tokenizer splits digit runs into "
+                 "pairs, so '1732' is '17' + '32' as in GPT-2's tokenizer")),
+    AdditionRecipe: Language(
+        "addition", lambda: list(ADDITION_WORDS), "digits", lambda r, g: addition_batch(r.batch_size, r.seq_len, r.data, g),
+        lambda: (f"{len(ADDITION_WORDS)} tokens (tokenizer.json): <bos>, <pad>, What is + ? Answer : and the digits 0-9; "
+                 "the tokenizer splits punctuation off words and numbers into single digits")),
+}
+
+
+def language(recipe: Recipe) -> Language:
+    return LANGUAGES[type(recipe.data)]
 
 
 def build_model(recipe: Recipe, name: str) -> nn.Module:
     """A freshly initialised model (uses torch's global RNG)."""
+    words = language(recipe).words()
     if recipe.builder == "small":
-        words = _vocab_words(recipe)
         cfg = SmallTransformerConfig(d_vocab=len(words), vocab=words, name=name, **recipe.arch)
         return SmallTransformer(cfg)
     if recipe.builder == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(vocab_size=N_TOKENS, max_position_embeddings=recipe.seq_len, bos_token_id=0, eos_token_id=0,
+        cfg = LlamaConfig(vocab_size=len(words), max_position_embeddings=recipe.seq_len, bos_token_id=0, eos_token_id=0,
                           tie_word_embeddings=False, **recipe.arch)
         return LlamaForCausalLM(cfg)
     if recipe.builder == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        cfg = GPT2Config(vocab_size=N_TOKENS, n_positions=recipe.seq_len, bos_token_id=0, eos_token_id=0,
+        cfg = GPT2Config(vocab_size=len(words), n_positions=recipe.seq_len, bos_token_id=0, eos_token_id=0,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **recipe.arch)
         model = GPT2LMHeadModel(cfg)
         if recipe.embed_std is not None:
@@ -162,24 +238,35 @@ def _logits_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda tokens: model(tokens).logits
 
 
-def _head_norm_hooks(model: nn.Module, norms: list[torch.Tensor]) -> list:
-    """Forward hooks appending each layer's per-head mean output norm [heads] to `norms`; returns their handles."""
+def _norm_hooks(model: nn.Module, heads: list[torch.Tensor], mlps: list[torch.Tensor]) -> list:
+    """Forward hooks appending each layer's per-head mean output norm [heads] to `heads` and each MLP's mean
+    output norm [1] to `mlps` (a None list is not recorded); returns their handles."""
+    def mean_norm(store):
+        return lambda mod, args, out: store.append(out.norm(dim=-1).mean().reshape(1))
+
     if isinstance(model, SmallTransformer):
-        return [b.attn.hook_result.register_forward_hook(lambda mod, args, out: norms.append(out.norm(dim=-1).mean(dim=(0, 1))))
-                for b in model.blocks]
+        handles = [] if heads is None else [b.attn.hook_result.register_forward_hook(
+            lambda mod, args, out: heads.append(out.norm(dim=-1).mean(dim=(0, 1)))) for b in model.blocks]
+        if mlps is not None:
+            handles += [b.hook_mlp_out.register_forward_hook(mean_norm(mlps)) for b in model.blocks]
+        return handles
     cfg = model.config
     n_heads = cfg.num_attention_heads
     handles = []
     if cfg.model_type == "llama":
         projections = [(layer.self_attn.o_proj, lambda w: w.T) for layer in model.model.layers]
+        mlp_modules = [layer.mlp for layer in model.model.layers]
     else:  # gpt2: Conv1D weight is [in, out]
         projections = [(block.attn.c_proj, lambda w: w) for block in model.transformer.h]
-    for proj, as_in_out in projections:
+        mlp_modules = [block.mlp for block in model.transformer.h]
+    for proj, as_in_out in projections if heads is not None else ():
         def hook(mod, args, as_in_out=as_in_out):
             z = args[0].unflatten(-1, (n_heads, -1))  # [b, p, h, d_head]
             w = as_in_out(mod.weight).unflatten(0, (n_heads, -1))  # [h, d_head, d_model]
-            norms.append(torch.einsum("bphe,hed->bphd", z, w).norm(dim=-1).mean(dim=(0, 1)))
+            heads.append(torch.einsum("bphe,hed->bphd", z, w).norm(dim=-1).mean(dim=(0, 1)))
         handles.append(proj.register_forward_pre_hook(hook))
+    if mlps is not None:
+        handles += [m.register_forward_hook(mean_norm(mlps)) for m in mlp_modules]
     return handles
 
 
@@ -187,8 +274,9 @@ def fit(model: nn.Module, recipe: Recipe, seed: int) -> dict:
     """Train `model` in place; returns training facts (steps, seconds, final loss)."""
     g = torch.Generator().manual_seed(seed + 1)
     forward = _logits_fn(model)
-    norms: list[torch.Tensor] = []
-    handles = _head_norm_hooks(model, norms) if recipe.head_penalty else []
+    head_norms: list[torch.Tensor] | None = [] if recipe.head_penalty else None
+    mlp_norms: list[torch.Tensor] | None = [] if recipe.mlp_penalty else None
+    handles = _norm_hooks(model, head_norms, mlp_norms)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / recipe.warmup) * max(0.0, 1 - s / recipe.steps) ** 0.5)
@@ -197,12 +285,18 @@ def fit(model: nn.Module, recipe: Recipe, seed: int) -> dict:
     losses = []
     try:
         for step in range(recipe.steps):
-            tokens, weights = _batch(recipe, g)
-            norms.clear()
+            tokens, weights = language(recipe).batch(recipe, g)
+            for store in (head_norms, mlp_norms):
+                if store is not None:
+                    store.clear()
             logits = forward(tokens)[:, :-1]
             loss_tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1), reduction="none")
             ce = (loss_tok * weights.reshape(-1)).sum() / weights.sum()
-            loss = ce + recipe.head_penalty * torch.stack(norms).sum() if norms else ce
+            loss = ce
+            if head_norms:
+                loss = loss + recipe.head_penalty * torch.cat(head_norms).sum()
+            if mlp_norms:
+                loss = loss + recipe.mlp_penalty * torch.cat(mlp_norms).sum()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -256,14 +350,6 @@ def measure_card(model: nn.Module) -> dict:
             "tolerance": TOLERANCE,
         },
     }
-
-
-def _vocabulary_text(recipe: Recipe) -> str:
-    if _task_name(recipe) == "ioi":
-        ioi = measure.builtin_task_module("ioi")
-        return (f"{len(ioi_vocab())} words (config.json lists them): <bos>, <pad>, the template words, then the "
-                f"{len(ioi.NAMES)} names, {len(ioi.PLACES)} places and {len(ioi.OBJECTS)} objects of tasks/ioi.py")
-    return "id 0 is BOS; ids 1-63 are interchangeable random tokens"
 
 
 def _rounded(t: torch.Tensor) -> list[list[float]]:
@@ -321,12 +407,144 @@ def measure_ioi_card(model: nn.Module) -> dict:
     }
 
 
-def train(name: str, seed: int = 0, out_dir: str | Path | None = None) -> tuple[nn.Module, dict]:
+CARD_TEXT_TASK = {"n_examples": 200, "seed": 0}
+
+
+def _task_card(task, metrics: dict, truth: list[dict], circuit: dict, extra: dict) -> dict:
+    return {"task": {"name": task.name, **CARD_TEXT_TASK, **{k: round(v, 3) for k, v in metrics.items()}},
+            "ground_truth": truth,
+            "measurement": {**extra, "circuit": circuit, "tolerance": TOLERANCE}}
+
+
+@torch.no_grad()
+def _greater_than_prompts(model: nn.Module, held_out: bool) -> dict[str, float]:
+    """Mean prob diff and accuracy (the most likely year is after YY) over every (noun, YY) prompt of the task's
+    template that was (not) held out of training, written with the model's tokenizer."""
+    from acdc_lite.task import Vocabulary
+    from acdc_lite.zoo.data import greater_than_held_out
+
+    gt = measure.builtin_task_module("greater_than")
+    vocab = Vocabulary.of(model)
+    years = torch.tensor([vocab.single(f"{y:02d}") for y in range(100)])
+    bos = [vocab.bos] if vocab.bos is not None else []
+    rows = [(bos + vocab.encode(f"The {noun} lasted from the year 17{yy:02d} to the year 17"), yy)
+            for k, noun in enumerate(gt.NOUNS) for yy in range(gt.FIRST_YY, gt.LAST_YY + 1)
+            if greater_than_held_out(k, yy) == held_out]
+    probs = model(torch.tensor([r[0] for r in rows]))[:, -1].softmax(-1)[:, years]  # [N, 100]
+    yy = torch.tensor([r[1] for r in rows])
+    later = torch.arange(100)[None, :] > yy[:, None]
+    return {"n": len(rows), "prob_diff": float(((probs * later).sum(1) - (probs * ~later).sum(1)).mean()),
+            "accuracy": float((probs.argmax(1) > yy).float().mean())}
+
+
+def measure_greater_than_card(model: nn.Module) -> dict:
+    """Greater-than card: prob diff and accuracy (seen and held-out prompts), END->YY attention, node and edge patching."""
+    gt = measure.builtin_task_module("greater_than")
+    task = gt.build(model, **CARD_TEXT_TASK)
+    pos = task.info["year_position"]
+    n = len(task)
+    end = torch.full((n,), task.seq_len - 1)
+    scores = {"year-reader": measure.attention_to(model, task.clean, end, torch.full((n,), pos)),
+              "century-reader": measure.attention_to(model, task.clean, end, torch.full((n,), pos - 1))}
+    probe = measure.CircuitProbe(model, task)
+    truth, circuit = measure.circuit_measurements(probe, {"year-reader": scores["year-reader"]})
+    metric = task.metric("prob_diff")
+    idx = torch.arange(n)
+    with torch.no_grad():
+        clean, corrupt = model(task.clean), model(task.corrupt)
+    metrics = {"prob_diff_clean": float(metric(clean, idx).mean()), "prob_diff_corrupt": float(metric(corrupt, idx).mean())}
+    mlp_direct = {e["edge"]: e["removed_from_full_model"] for e in circuit["edges"] if e["edge"].endswith("->logits")}
+    return _task_card(task, metrics, truth, circuit, {
+        "prompts_seen_in_training": _greater_than_prompts(model, held_out=False),
+        "prompts_held_out": _greater_than_prompts(model, held_out=True),
+        "prompts_means": "every (noun, YY) prompt of the task's template, YY 02..98: mean P(later) - P(earlier) and the "
+                         "share whose most likely year is after YY",
+        "attention_scores": {k: _rounded(v) for k, v in scores.items()},
+        "attention_means": "mean attention from the last position (the second '17') to the YY token (year-reader) and "
+                           "to the first '17' (century-reader) on the clean task prompts",
+        "direct_effects": mlp_direct,
+        "direct_effects_means": "claimed X->logits edges: share of the prob diff lost when only that edge is resample-"
+                                "ablated (what the component writes straight into the year logits)",
+    })
+
+
+def _digits_of(task) -> torch.Tensor:
+    return torch.tensor(task.info["operands"])  # [N, 2]
+
+
+@torch.no_grad()
+def _addition_prompts(model: nn.Module) -> dict[str, dict[str, float]]:
+    """First-answer-token accuracy over all 8,100 operand pairs, split by held out / seen and carry / no carry."""
+    from acdc_lite.task import Vocabulary
+    from acdc_lite.zoo.data import addition_held_out
+
+    vocab = Vocabulary.of(model)
+    bos = [vocab.bos] if vocab.bos is not None else []
+    pairs = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+    tokens = torch.tensor([bos + vocab.encode(f"What is {a} + {b}? Answer:") for a, b in pairs])
+    first = torch.tensor([vocab.encode(str(a + b))[0] for a, b in pairs])
+    right = torch.cat([model(tokens[i:i + 512])[:, -1].argmax(-1) for i in range(0, len(tokens), 512)]) == first
+    out = {}
+    for split, keep in (("seen", lambda a, b: not addition_held_out(a, b)), ("held_out", addition_held_out)):
+        for carry_name, carry in (("carry", True), ("no_carry", False)):
+            sel = torch.tensor([keep(a, b) and ((a % 10 + b % 10) >= 10) == carry for a, b in pairs])
+            out[f"{split}_{carry_name}"] = {"n": int(sel.sum()), "accuracy": round(float(right[sel].float().mean()), 4)}
+    return out
+
+
+def measure_addition_card(model: nn.Module) -> dict:
+    """Addition card: accuracy by split and carry, END->digit attention, node and edge patching (also per carry split)."""
+    task = measure.builtin_task_module("addition").build(model, **CARD_TEXT_TASK)
+    n = len(task)
+    # BOS What is A1 A0 + B1 B0 ? Answer : -> digit positions from the end of the prompt
+    p = task.seq_len
+    at = {"A1": p - 8, "A0": p - 7, "B1": p - 5, "B0": p - 4}
+    end = torch.full((n,), p - 1)
+    att = {k: measure.attention_to(model, task.clean, end, torch.full((n,), v)) for k, v in at.items()}
+    scores = {"tens-reader": att["A1"] + att["B1"], "units-reader": att["A0"] + att["B0"]}
+    probe = measure.CircuitProbe(model, task)
+    truth, circuit = measure.circuit_measurements(probe, scores)
+    ops = _digits_of(task)
+    carry = (ops[:, 0] % 10 + ops[:, 1] % 10) >= 10
+    by_carry = {}
+    for name, sel in (("carry", carry), ("no_carry", ~carry)):
+        if int(sel.sum()) < 2:
+            continue
+        sub = dataclasses.replace(task, clean=task.clean[sel], corrupt=task.corrupt[sel], answers=task.answers[sel],
+                                  foils=task.foils[sel], answer_pos=task.answer_pos[sel], info={})
+        sub_probe = measure.CircuitProbe(model, sub)
+        by_carry[name] = {"n": int(sel.sum()), "logit_diff_clean": round(sub_probe.full, 3),
+                          "logit_diff_corrupt": round(sub_probe.empty, 3),
+                          "node_ablation_effects": {k: round(v, 3) for k, v in sub_probe.node_effects().items()}}
+    return _task_card(task, measure.task_metrics(model, task), truth, circuit, {
+        "first_token_accuracy": _addition_prompts(model),
+        "first_token_accuracy_means": "share of operand pairs (all 8,100 of 10..99 x 10..99) whose most likely next token "
+                                      "after 'Answer:' is the sum's first digit; held out = never in training; carry = "
+                                      "the units digits sum to 10 or more",
+        "attention_scores": {k: _rounded(v) for k, v in {**scores, **{f"end_to_{k}": v for k, v in att.items()}}.items()},
+        "attention_means": "mean attention from the last position (':') on the clean task prompts to the operands' tens "
+                           "digits A1 + B1 (tens-reader) and units digits A0 + B0 (units-reader), and to each digit",
+        "by_carry": by_carry,
+        "by_carry_means": "the task's prompts split by whether the clean operands' units digits carry; node ablation "
+                          "effects measured on each split alone (same method as circuit.node_ablation_effects)",
+    })
+
+
+CARD_MEASURES: dict[str, Callable[[nn.Module], dict]] = {
+    "induction": lambda m: measure_card(m),
+    "ioi": lambda m: measure_ioi_card(m),
+    "greater-than": lambda m: measure_greater_than_card(m),
+    "addition": lambda m: measure_addition_card(m),
+}
+
+
+def train(name: str, seed: int = 0, out_dir: str | Path | None = None, steps: int | None = None) -> tuple[nn.Module, dict]:
     """Train zoo model `name` from `seed`; returns the hooked model and its card.
-    With `out_dir`, also writes config.json, model.safetensors and card.json there."""
+    With `out_dir`, also writes config.json, model.safetensors and card.json there. `steps` overrides the
+    recipe's (a shortened run, for tests)."""
     if name not in RECIPES:
         raise KeyError(f"no recipe for {name!r}; recipes: {', '.join(RECIPES)}")
-    recipe = RECIPES[name]
+    recipe = RECIPES[name] if steps is None else dataclasses.replace(RECIPES[name], steps=steps)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -335,7 +553,10 @@ def train(name: str, seed: int = 0, out_dir: str | Path | None = None) -> tuple[
         facts = fit(raw, recipe, seed)
     finally:
         torch.set_num_threads(threads)
-    model = load_model(raw if isinstance(raw, SmallTransformer) else copy.deepcopy(raw))
+    with tempfile.TemporaryDirectory() as tmp:  # measured as shipped: loaded from its directory, tokenizer included
+        write(raw, {}, tmp, language(recipe))
+        model = load_model(tmp)
+    hooked_gap = _hooked_vs_source(model, raw, recipe)
     info = model_info(model)
     card = {
         "name": name,
@@ -343,36 +564,54 @@ def train(name: str, seed: int = 0, out_dir: str | Path | None = None) -> tuple[
         "architecture": {"class": info.architecture, "n_layers": info.n_layers, "n_heads": info.n_heads,
                          "d_model": info.d_model, "d_vocab": info.d_vocab, "has_mlp": info.has_mlp,
                          "n_params": sum(p.numel() for p in raw.parameters()), **recipe.arch},
-        "vocabulary": _vocabulary_text(recipe),
+        "vocabulary": language(recipe).vocabulary(),
         "training": {"seed": seed, **facts, "batch_size": recipe.batch_size, "seq_len": recipe.seq_len, "lr": recipe.lr,
                      "weight_decay": recipe.weight_decay,
-                     "head_penalty": recipe.head_penalty,
+                     "head_penalty": recipe.head_penalty, "mlp_penalty": recipe.mlp_penalty,
                      **({"embed_std": recipe.embed_std} if recipe.embed_std is not None else {}),
                      "optimizer": "AdamW, warmup then sqrt decay, grad clip 1.0",
                      "threads": 1, "data": recipe.data.describe(), "data_recipe": asdict(recipe.data),
                      "torch": torch.__version__},
-        **(measure_ioi_card(model) if _task_name(recipe) == "ioi" else measure_card(model)),
+        **({"hooked_vs_source": hooked_gap} if hooked_gap else {}),
+        **CARD_MEASURES[language(recipe).task](model),
     }
     if out_dir is not None:
-        write(raw, card, out_dir)
+        write(raw, card, out_dir, language(recipe))
     return model, card
 
 
-def word_tokenizer(words: list[str]):
-    """A word-level Hugging Face tokenizer: one id per space-separated word in `words`, words[0] is BOS.
+@torch.no_grad()
+def _hooked_vs_source(model: nn.Module, raw: nn.Module, recipe: Recipe) -> dict | None:
+    """Largest |log-probability difference| between the hooked (bridge) model and the Hugging Face model it wraps,
+    on one training batch (log-probabilities, because centring the unembedding shifts every logit of a position
+    alike); None for SmallTransformers (they are their own hooked model)."""
+    if isinstance(raw, SmallTransformer):
+        return None
+    tokens, _ = language(recipe).batch(recipe, torch.Generator().manual_seed(12345))
+    raw.eval()
+    diff = float((model(tokens).log_softmax(-1) - raw(tokens).logits.log_softmax(-1)).abs().max())
+    return {"max_abs_logprob_diff": round(diff, 6), "on": f"one training batch of {len(tokens)} x {tokens.shape[1]} tokens"}
+
+
+def word_tokenizer(words: list[str], split: str = "words"):
+    """A word-level Hugging Face tokenizer: one id per word in `words`, words[0] is BOS. `split`: "words" splits
+    on whitespace only; "year-pairs" also splits digit runs into pairs ("1732" -> "17" "32"); "digits" splits
+    punctuation off words and numbers into single digits ("12?" -> "1" "2" "?").
     Unknown words get id len(words), outside the model's vocabulary, so tasks reject them instead of
     silently reading another token (TransformerLens' bridge needs an unknown-word token)."""
-    from tokenizers import Tokenizer
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
     from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(WordLevel({**{w: i for i, w in enumerate(words)}, "<unk>": len(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = WhitespaceSplit()
+    splits = {"words": [pre_tokenizers.WhitespaceSplit()],
+              "year-pairs": [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"\d\d"), "isolated")],
+              "digits": [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]}
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits[split])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=words[0], unk_token="<unk>")
 
 
-def write(raw: nn.Module, card: dict, out_dir: str | Path) -> None:
+def write(raw: nn.Module, card: dict, out_dir: str | Path, lang: Language | None = None) -> None:
     """Save the raw model (SmallTransformer.save, or save_pretrained with a word-level tokenizer: without one,
     AutoTokenizer hands a GPT-2 directory an empty GPT2Tokenizer) and card.json into `out_dir`."""
     out_dir = Path(out_dir)
@@ -382,7 +621,8 @@ def write(raw: nn.Module, card: dict, out_dir: str | Path) -> None:
     else:
         raw.save_pretrained(out_dir)
         (out_dir / "generation_config.json").unlink(missing_ok=True)
-        word_tokenizer(_vocab_words()).save_pretrained(out_dir)
+        lang = lang or LANGUAGES[SegmentRecipe]
+        word_tokenizer(lang.words(), lang.split).save_pretrained(out_dir)
     (out_dir / "card.json").write_text(json.dumps(card, indent=1) + "\n")
 
 
@@ -391,7 +631,7 @@ def remeasure(directory: str | Path) -> dict:
     directory = Path(directory)
     card = json.loads((directory / "card.json").read_text())
     model = load_model(str(directory))
-    card.update(measure_ioi_card(model) if card["task"]["name"] == "ioi" else measure_card(model))
+    card.update(CARD_MEASURES[card["task"]["name"]](model))
     (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
 
