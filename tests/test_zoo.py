@@ -11,7 +11,7 @@ from acdc_lite.zoo import measure, train
 from acdc_lite.zoo.data import IOIRecipe, SegmentRecipe, ioi_batch, ioi_vocab, repeated_random, segment_batch
 
 NAMES = zoo.names()
-INDUCTION_ZOO = [n for n in NAMES if zoo.card(n).get("task", {}).get("name") == "induction"]
+INDUCTION_ZOO = [n for n in NAMES if zoo.card(n).get("task", {}).get("name") == "induction" and not zoo.counts_mlps(zoo.card(n))]
 IOI_ZOO = [n for n in NAMES if zoo.card(n).get("task", {}).get("name") == "ioi"]
 
 

@@ -180,3 +180,28 @@ def test_a_shortened_training_run_reproduces_bit_for_bit(tmp_path, monkeypatch):
     assert card_a["training"]["steps"] == 4 and card_a["hooked_vs_source"]["max_abs_logprob_diff"] < 1e-4
     reloaded = load_model(str(tmp_path / "a"))
     assert model_info(reloaded).d_vocab == len(greater_than_vocab())
+
+
+def test_docstring_sentences_document_arguments_in_order():
+    vocab = data.docstring_vocab()
+    tokens, weights = data.docstring_batch(200, 56, data.DocstringRecipe(), torch.Generator().manual_seed(5))
+    for row, w in zip(tokens.tolist(), weights, strict=True):
+        words = [vocab[i] for i in row]
+        args = words[words.index("self") + 2:words.index(")"):2]
+        assert 2 <= len(args) <= 6 and len(set(args)) == len(args)
+        documented = [words[p + 1] for p in (w == 1).nonzero().flatten().tolist()]
+        assert documented and documented == args[:len(documented)]  # the next name after ':param' is the next argument
+        assert all(words[p] == ":param" for p in (w == 1).nonzero().flatten().tolist())
+
+
+def test_docstring_task_is_well_formed_on_the_zoo_vocabulary():
+    recipe = train.RECIPES["docstring-attn-2l"]
+    torch.manual_seed(0)
+    model = train.build_model(recipe, "docstring-attn-2l").eval()
+    task = measure.builtin_task_module("docstring").build(model, n_examples=10, seed=0)
+    assert task.seq_len <= recipe.seq_len
+    vocab = data.docstring_vocab()
+    for row, answer in zip(task.clean.tolist(), task.answers[:, 0].tolist(), strict=True):
+        words = [vocab[i] for i in row]
+        args = words[words.index("self") + 2:words.index(")"):2]
+        assert vocab[answer] == args[2] and words[-1] == ":param"

@@ -259,3 +259,68 @@ def addition_batch(n: int, seq_len: int, recipe: AdditionRecipe, g: torch.Genera
         weights[i, :len(ids) - 1] = recipe.unpredictable_weight
         weights[i, prompt_len - 1:len(ids) - 1] = recipe.answer_weight
     return tokens, weights
+
+
+# ---- the docstring language -------------------------------------------------------------------
+# The built-in docstring task's word-level prompts ('def f ( self , a , b , c , d ) : """ w w w :param a : w w
+# :param b : w w :param' -> c) with varying counts: 2-6 arguments, 1 to all-but-one documented, 1-4 words of
+# summary and 1-3 of each description, so neither the answer's position nor its offset from the end is fixed.
+def _docstring_module():
+    from acdc_lite.zoo.measure import builtin_task_module
+
+    return builtin_task_module("docstring")
+
+
+def docstring_vocab() -> list[str]:
+    """<bos>, <pad>, the fixed words of tasks/docstring.py, then its argument names, description words and function names."""
+    ds = _docstring_module()
+    return list(IOI_SPECIALS) + list(ds.FIXED_WORDS) + list(ds.ARGS) + list(ds.WORDS) + list(ds.FUNCTIONS)
+
+
+@dataclass(frozen=True)
+class DocstringRecipe:
+    min_args: int = 2
+    max_args: int = 6
+    max_summary: int = 4
+    max_description: int = 3
+    unpredictable_weight: float = 0.1  # loss weight of the tokens that are not a documented name after ':param'
+
+    def describe(self) -> str:
+        return (f"BOS then 'def FN ( self , A1 , ... , An ) : \"\"\" summary :param A1 : description ... :param Ak' with "
+                f"n = {self.min_args}-{self.max_args} distinct argument names of tasks/docstring.py, k = 1..n documented in "
+                f"order, 1-{self.max_summary} summary words and 1-{self.max_description} words per description (words of "
+                f"tasks/docstring.py); right-padded, cut at the sequence length; loss "
+                f"weight 1 on every name after ':param', {self.unpredictable_weight} on the other tokens, 0 on padding")
+
+
+def docstring_batch(n: int, seq_len: int, recipe: DocstringRecipe, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens [n, seq_len] (right-padded; sentences are cut at seq_len) and loss weights [n, seq_len - 1]."""
+    ds = _docstring_module()
+    vocab = docstring_vocab()
+    index = {w: i for i, w in enumerate(vocab)}
+
+    def rand(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    def words(k: int) -> list[str]:
+        return [ds.WORDS[int(i)] for i in torch.randint(len(ds.WORDS), (k,), generator=g)]
+
+    tokens = torch.full((n, seq_len), index["<pad>"], dtype=torch.long)
+    weights = torch.zeros(n, seq_len - 1)
+    for i in range(n):
+        n_args = rand(recipe.min_args, recipe.max_args)
+        args = [ds.ARGS[int(j)] for j in torch.randperm(len(ds.ARGS), generator=g)[:n_args]]
+        fn = ds.FUNCTIONS[rand(0, len(ds.FUNCTIONS) - 1)]
+        text = ["def", fn, "(", "self"] + [w for a in args for w in (",", a)] + [")", ":", '"""'] + words(rand(1, recipe.max_summary))
+        names = []  # positions of the names after ':param'
+        for a in args[:rand(1, n_args)]:
+            text += [":param", a]
+            names.append(len(text) - 1)
+            text += [":"] + words(rand(1, recipe.max_description))
+        ids = ([index["<bos>"]] + [index[w] for w in text])[:seq_len]
+        tokens[i, :len(ids)] = torch.tensor(ids)
+        weights[i, :len(ids) - 1] = recipe.unpredictable_weight
+        for p in names:
+            if p < len(ids) - 1:  # +1 for BOS: the name sits at p + 1, predicted from position p
+                weights[i, p] = 1.0
+    return tokens, weights

@@ -28,10 +28,13 @@ from acdc_lite.zoo import ZOO_DIR, measure
 from acdc_lite.zoo.data import (
     ADDITION_WORDS,
     AdditionRecipe,
+    DocstringRecipe,
     GreaterThanRecipe,
     IOIRecipe,
     SegmentRecipe,
     addition_batch,
+    docstring_batch,
+    docstring_vocab,
     greater_than_batch,
     greater_than_vocab,
     ioi_batch,
@@ -57,7 +60,8 @@ class Recipe:
     builder: str  # "small" | "llama" | "gpt2"
     arch: dict  # keyword arguments of the builder
     steps: int
-    data: SegmentRecipe | IOIRecipe | GreaterThanRecipe | AdditionRecipe = field(default_factory=SegmentRecipe)  # the language
+    # the training language
+    data: SegmentRecipe | IOIRecipe | GreaterThanRecipe | AdditionRecipe | DocstringRecipe = field(default_factory=SegmentRecipe)
     seq_len: int = 48
     batch_size: int = 32
     lr: float = 3e-3
@@ -65,6 +69,7 @@ class Recipe:
     warmup: int = 50
     head_penalty: float = 0.0  # weight of sum over heads of the mean norm of each head's output (group lasso)
     mlp_penalty: float = 0.0  # the same for each MLP's output
+    card_circuit: bool = False  # induction cards: also measure MLPs and edges by patching (circuit_measurements)
     embed_std: float | None = None  # gpt2 only: initialise token and position embeddings with this std (GPT-2's is 0.02)
 
 
@@ -163,6 +168,18 @@ RECIPES: dict[str, Recipe] = {
         data=SegmentRecipe(min_seg=4, max_seg=10, p_gap=0.5, max_gap=12),
         head_penalty=0.02,
         mlp_penalty=0.02,
+        card_circuit=True,
+    ),
+    "docstring-attn-2l": Recipe(
+        description="Attention-only 2-layer transformer (learned positions, no LayerNorm) trained on word-level Python "
+                    "definitions with docstrings (2-6 arguments, any number documented, varying description lengths); "
+                    "the built-in docstring task runs on its vocabulary. See ground_truth and measurement.",
+        builder="small",
+        arch={"n_layers": 2, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 56},
+        steps=3000,
+        data=DocstringRecipe(),
+        seq_len=56,
+        head_penalty=0.02,
     ),
 }
 
@@ -199,11 +216,22 @@ LANGUAGES: dict[type, Language] = {
         "addition", lambda: list(ADDITION_WORDS), "digits", lambda r, g: addition_batch(r.batch_size, r.seq_len, r.data, g),
         lambda: (f"{len(ADDITION_WORDS)} tokens (tokenizer.json): <bos>, <pad>, What is + ? Answer : and the digits 0-9; "
                  "the tokenizer splits punctuation off words and numbers into single digits")),
+    DocstringRecipe: Language(
+        "docstring", docstring_vocab, "words", lambda r, g: docstring_batch(r.batch_size, r.seq_len, r.data, g),
+        lambda: (f"{len(docstring_vocab())} words (config.json lists them): <bos>, <pad>, the fixed words of "
+                 "tasks/docstring.py (def ( self , ) : \"\"\" :param), its argument names, description words and "
+                 "function names")),
 }
 
 
 def language(recipe: Recipe) -> Language:
     return LANGUAGES[type(recipe.data)]
+
+
+def card_kind(recipe: Recipe) -> str:
+    """The CARD_MEASURES entry that measures this recipe's model."""
+    task = language(recipe).task
+    return f"{task}-circuit" if recipe.card_circuit and task == "induction" else task
 
 
 def build_model(recipe: Recipe, name: str) -> nn.Module:
@@ -530,8 +558,61 @@ def measure_addition_card(model: nn.Module) -> dict:
     })
 
 
+def measure_docstring_card(model: nn.Module) -> dict:
+    """Docstring card: the task metric, attention from ':param' to the answer and to the last documented name,
+    previous-argument attention in the definition, node and edge patching."""
+    task = measure.builtin_task_module("docstring").build(model, **CARD_TEXT_TASK)
+    n, p = len(task), task.seq_len
+    rows = torch.arange(n)
+    answer_pos = (task.clean == task.answers[:, :1]).float().argmax(1)  # the answer's one mention, in the definition
+    param = model.cfg.vocab.index(":param")
+    params = [(row == param).nonzero().flatten() for row in task.clean]
+    last_doc = torch.stack([q[-2] + 1 for q in params])  # the name after the last complete ':param'
+    end = torch.full((n,), p - 1)
+    first_arg = int((task.clean[0] == model.cfg.vocab.index("self")).nonzero()[0]) + 2
+    n_args = task.info["n_args"]
+    pats = measure.attention_patterns(model, task.clean)
+    args = torch.arange(first_arg + 2, first_arg + 2 * n_args, 2)  # def arguments after the first
+    prev_arg = torch.stack([pat[:, :, args, args - 2].mean(dim=(0, 2)) for pat in pats])
+    scores = {"answer-copier": torch.stack([pat[rows, :, end, answer_pos].mean(0) for pat in pats]),
+              "last-name-reader": torch.stack([pat[rows, :, end, last_doc].mean(0) for pat in pats]),
+              "previous-argument": prev_arg}
+    probe = measure.CircuitProbe(model, task)
+    truth, circuit = measure.circuit_measurements(probe, scores)
+    metrics = measure.task_metrics(model, task)
+    with torch.no_grad():
+        clean, corrupt = model(task.clean), model(task.corrupt)
+    ldm = task.metric("logit_diff_max", model=model)
+    metrics = {"logit_diff_max_clean": float(ldm(clean, rows).mean()), "logit_diff_max_corrupt": float(ldm(corrupt, rows).mean()),
+               "accuracy": metrics["accuracy"], "accuracy_corrupt": metrics["accuracy_corrupt"],
+               "answer_beats_every_wrong_name": float((ldm(clean, rows) > 0).float().mean())}
+    return _task_card(task, metrics, truth, circuit, {
+        "attention_scores": {k: _rounded(v) for k, v in scores.items()},
+        "attention_means": "mean attention on the clean task prompts from the last ':param' to the answer's mention in "
+                           "the definition (answer-copier) and to the last documented name (last-name-reader), and from "
+                           "each definition argument after the first to the argument before it (previous-argument)",
+    })
+
+
+def measure_induction_circuit_card(model: nn.Module) -> dict:
+    """An induction card (measure_card) whose ground truth also names MLPs and claims edges, measured by patching."""
+    card = measure_card(model)
+    task = measure.builtin_task_module("induction").build(model, **CARD_TASK)
+    info = model_info(model)
+    reps = repeated_random(CARD_REPEATS["n"], CARD_REPEATS["half"], info.d_vocab, CARD_REPEATS["seed"])
+    scores = {"previous-token": measure.prev_token_scores(model, reps),
+              "induction": measure.induction_scores(model, reps, CARD_REPEATS["half"])}
+    truth, circuit = measure.circuit_measurements(measure.CircuitProbe(model, task, metric="logit_diff"), scores)
+    card["ground_truth"] = truth
+    card["measurement"]["circuit"] = circuit
+    card["measurement"]["criterion"] = circuit["criterion"] + " (scores as below)"
+    return card
+
+
 CARD_MEASURES: dict[str, Callable[[nn.Module], dict]] = {
     "induction": lambda m: measure_card(m),
+    "induction-circuit": lambda m: measure_induction_circuit_card(m),
+    "docstring": lambda m: measure_docstring_card(m),
     "ioi": lambda m: measure_ioi_card(m),
     "greater-than": lambda m: measure_greater_than_card(m),
     "addition": lambda m: measure_addition_card(m),
@@ -573,7 +654,7 @@ def train(name: str, seed: int = 0, out_dir: str | Path | None = None, steps: in
                      "threads": 1, "data": recipe.data.describe(), "data_recipe": asdict(recipe.data),
                      "torch": torch.__version__},
         **({"hooked_vs_source": hooked_gap} if hooked_gap else {}),
-        **CARD_MEASURES[language(recipe).task](model),
+        **CARD_MEASURES[card_kind(recipe)](model),
     }
     if out_dir is not None:
         write(raw, card, out_dir, language(recipe))
@@ -631,7 +712,7 @@ def remeasure(directory: str | Path) -> dict:
     directory = Path(directory)
     card = json.loads((directory / "card.json").read_text())
     model = load_model(str(directory))
-    card.update(CARD_MEASURES[card["task"]["name"]](model))
+    card.update(CARD_MEASURES[card_kind(RECIPES[card["name"]]) if card["name"] in RECIPES else card["task"]["name"]](model))
     (directory / "card.json").write_text(json.dumps(card, indent=1) + "\n")
     return card
 
