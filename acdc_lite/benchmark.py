@@ -118,7 +118,11 @@ def search_row(name: str, model: nn.Module, task: Task, method: str, ground_trut
 
 def zoo_suite(models: Sequence[str] | None = None, methods: Sequence[str] = ZOO_METHODS, n_examples: int = 64,
               seed: int = 0) -> list[dict]:
-    """Each zoo model on its card's task, every method at its default settings."""
+    """Each zoo model on its card's task, every method at its default settings.
+
+    Node precision/recall/ROC AUC count heads and MLPs on cards that measure MLPs (`measurement.circuit`), heads
+    only on the older cards; edge precision/recall/ROC AUC are filled on cards that claim edges. Completeness is the
+    faithfulness of everything outside the found circuit (lower = the circuit is more complete)."""
     from acdc_lite import zoo
     from acdc_lite.models import load_model, model_info
     from acdc_lite.search import SearchError

@@ -362,7 +362,9 @@ def roles_for(model_spec) -> dict[str, str]:
     name = str(model_spec)
     if not isinstance(model_spec, (str, Path)) or not zoo.exists(name):
         return {}
-    return {row["head"]: row["class"] for row in zoo.card(name).get("ground_truth", []) if "head" in row and "class" in row}
+    rows = zoo.card(name).get("ground_truth", [])  # older cards name heads by "head", newer ones heads and MLPs by "node"
+    return {row.get("head", row.get("node")): row["class"] for row in rows
+            if "class" in row and str(row.get("head", row.get("node", ""))).startswith("a")}
 
 
 def display_roles(circuit: Circuit) -> dict[str, str]:

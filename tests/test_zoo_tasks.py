@@ -205,3 +205,20 @@ def test_docstring_task_is_well_formed_on_the_zoo_vocabulary():
         words = [vocab[i] for i in row]
         args = words[words.index("self") + 2:words.index(")"):2]
         assert vocab[answer] == args[2] and words[-1] == ":param"
+
+
+def test_benchmark_row_scores_nodes_with_mlps_and_edges():
+    from acdc_lite.benchmark import search_row
+    from acdc_lite.graph import ModelGraph
+
+    model = _small(d_mlp=32, seed=4)
+    task = _random_task(model, n=16, seed=4)
+    row, result = search_row("small", model, task, "eap", {"a0.h0", "m1"}, None, set(), True, top_n=30)
+    graph = ModelGraph.from_model(model)
+    found = {str(e) for e in graph.edges_from_mask(result.kept)}
+    nodes = {n for e in found for n in (e.split("->")[0], e.split("->")[1].split("<")[0])} - {"input", "logits"}
+    assert nodes and row["node_precision"] == round(len(nodes & {"a0.h0", "m1"}) / len(nodes), 2)
+    assert row["edge_recall"] != row["edge_recall"]  # NaN: no ground-truth edges
+    row, _ = search_row("small", model, task, "eap", {"a0.h0", "m1"}, None, found, True, top_n=30)
+    assert row["edge_precision"] == 1.0 and row["edge_recall"] == 1.0 and row["edge_roc_auc"] == 1.0
+    assert -0.5 < row["completeness"] < 1.5 and "faithfulness" in row

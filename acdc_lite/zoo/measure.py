@@ -367,7 +367,9 @@ def circuit_measurements(probe: CircuitProbe, head_scores: dict[str, torch.Tenso
     outside = [c for c in probe.components if c not in nodes]
     circuit = probe.only_nodes(nodes)
     candidates = probe.edges_between(nodes)
-    within = probe.edge_effects(candidates, within=circuit)
+    circuit_loss = 1.0 - probe.faithfulness(circuit)
+    # what removing the edge costs the circuit: (m(circuit) - m(circuit - e)) / (full - empty)
+    within = {k: v - circuit_loss for k, v in probe.edge_effects(candidates, within=circuit).items()}
     claimed = [e for e in candidates if within[str(e)] >= min_edge_effect]
     claimed_mask = tie_kv_groups(probe.graph, probe.graph.mask_from_edges(claimed), probe.kv_group)
     path = probe.edge_effects(claimed)
@@ -391,7 +393,8 @@ def circuit_measurements(probe: CircuitProbe, head_scores: dict[str, torch.Tenso
         "how": ("EdgePatcher (acdc_lite/patching.py), resample ablation with the task's corrupted prompts. An effect is "
                 "(full - patched) / (full - empty) of the mean metric. node_ablation_effects: one node ablated; "
                 "pair_ablation_effects: two circuit nodes ablated together, interaction = pair - the two single effects; "
-                "edges: removed_from_circuit = removing that edge from the circuit-only graph, removed_from_full_model = "
+                "edges: removed_from_circuit = (metric of the circuit - metric of the circuit without that edge) / (full - "
+                "empty), removed_from_full_model = "
                 "removing only that edge from the whole model (path patching); circuit_faithfulness_nodes/edges: "
                 "(metric - empty) / (full - empty) with every edge outside the circuit's nodes / outside its claimed edges "
                 "ablated; outside_ablated_effect: every node outside the circuit ablated together (the 'not in the "

@@ -69,7 +69,7 @@ class Recipe:
     warmup: int = 50
     head_penalty: float = 0.0  # weight of sum over heads of the mean norm of each head's output (group lasso)
     mlp_penalty: float = 0.0  # the same for each MLP's output
-    card_circuit: bool = False  # induction cards: also measure MLPs and edges by patching (circuit_measurements)
+    card_circuit: bool = False  # induction and IOI cards: ground truth by patching (circuit_measurements), MLPs and edges
     embed_std: float | None = None  # gpt2 only: initialise token and position embeddings with this std (GPT-2's is 0.02)
 
 
@@ -170,13 +170,25 @@ RECIPES: dict[str, Recipe] = {
         mlp_penalty=0.02,
         card_circuit=True,
     ),
+    "ioi-attn-3l": Recipe(
+        description="Attention-only 3-layer transformer (learned positions, no LayerNorm) trained on the word-level IOI "
+                    "language of ioi-attn-2l with a head penalty, so that heads the task does not need fall silent; the "
+                    "built-in ioi task runs on its vocabulary. See ground_truth and measurement.",
+        builder="small",
+        arch={"n_layers": 3, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 24},
+        steps=3000,
+        data=IOIRecipe(),
+        seq_len=24,
+        head_penalty=0.03,
+        card_circuit=True,
+    ),
     "docstring-attn-2l": Recipe(
         description="Attention-only 2-layer transformer (learned positions, no LayerNorm) trained on word-level Python "
                     "definitions with docstrings (2-6 arguments, any number documented, varying description lengths); "
                     "the built-in docstring task runs on its vocabulary. See ground_truth and measurement.",
         builder="small",
         arch={"n_layers": 2, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 56},
-        steps=3000,
+        steps=1200,
         data=DocstringRecipe(),
         seq_len=56,
         head_penalty=0.02,
@@ -231,7 +243,7 @@ def language(recipe: Recipe) -> Language:
 def card_kind(recipe: Recipe) -> str:
     """The CARD_MEASURES entry that measures this recipe's model."""
     task = language(recipe).task
-    return f"{task}-circuit" if recipe.card_circuit and task == "induction" else task
+    return f"{task}-circuit" if recipe.card_circuit and task in ("induction", "ioi") else task
 
 
 def build_model(recipe: Recipe, name: str) -> nn.Module:
@@ -594,24 +606,47 @@ def measure_docstring_card(model: nn.Module) -> dict:
     })
 
 
+def measure_ioi_circuit_card(model: nn.Module) -> dict:
+    """An IOI card (measure_ioi_card) whose ground truth is measured by patching: heads (and MLPs) by their ablation
+    effect, classed by the IOI attention scores, with pair, edge and outside-the-circuit measurements."""
+    card = measure_ioi_card(model)
+    task = measure.builtin_task_module("ioi").build(model, **CARD_IOI_TASK)
+    scores = measure.ioi_attention_scores(model, task)
+    # a name mover must attend to IO at least twice as much as to S1 and S2 together (as in classify_ioi_heads)
+    mover = torch.where(scores["end_to_io"] >= 2 * (scores["end_to_s1"] + scores["end_to_s2"]), scores["end_to_io"], 0.0)
+    classes = {"name-mover": mover, "s-inhibition": scores["end_to_s2"], "duplicate-token": scores["s2_to_s1"],
+               "previous-token": scores["previous_token"]}
+    truth, circuit = measure.circuit_measurements(measure.CircuitProbe(model, task, metric="logit_diff"), classes)
+    card["ground_truth"] = truth
+    card["measurement"]["circuit"] = circuit
+    card["measurement"]["criterion"] = circuit["criterion"] + "; a name mover must also attend to IO at least twice as " \
+                                                              "much as to S1 and S2 together"
+    return card
+
+
 def measure_induction_circuit_card(model: nn.Module) -> dict:
     """An induction card (measure_card) whose ground truth also names MLPs and claims edges, measured by patching."""
     card = measure_card(model)
     task = measure.builtin_task_module("induction").build(model, **CARD_TASK)
     info = model_info(model)
     reps = repeated_random(CARD_REPEATS["n"], CARD_REPEATS["half"], info.d_vocab, CARD_REPEATS["seed"])
-    scores = {"previous-token": measure.prev_token_scores(model, reps),
+    pats = measure.attention_patterns(model, reps)
+    scores = {"previous-token": measure.offset_scores(pats, 1, slice(2, None)),
+              "second-previous-token": measure.offset_scores(pats, 2, slice(3, None)),
               "induction": measure.induction_scores(model, reps, CARD_REPEATS["half"])}
     truth, circuit = measure.circuit_measurements(measure.CircuitProbe(model, task, metric="logit_diff"), scores)
     card["ground_truth"] = truth
     card["measurement"]["circuit"] = circuit
-    card["measurement"]["criterion"] = circuit["criterion"] + " (scores as below)"
+    card["measurement"]["second_previous_token_scores"] = _rounded(scores["second-previous-token"])
+    card["measurement"]["second_previous_token_score"] = "mean attention from position q to q - 2, q >= 3"
+    card["measurement"]["criterion"] = circuit["criterion"] + " (the scores below, on the BOS R R sequences)"
     return card
 
 
 CARD_MEASURES: dict[str, Callable[[nn.Module], dict]] = {
     "induction": lambda m: measure_card(m),
     "induction-circuit": lambda m: measure_induction_circuit_card(m),
+    "ioi-circuit": lambda m: measure_ioi_circuit_card(m),
     "docstring": lambda m: measure_docstring_card(m),
     "ioi": lambda m: measure_ioi_card(m),
     "greater-than": lambda m: measure_greater_than_card(m),
