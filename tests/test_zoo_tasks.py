@@ -222,3 +222,28 @@ def test_benchmark_row_scores_nodes_with_mlps_and_edges():
     row, _ = search_row("small", model, task, "eap", {"a0.h0", "m1"}, None, found, True, top_n=30)
     assert row["edge_precision"] == 1.0 and row["edge_recall"] == 1.0 and row["edge_roc_auc"] == 1.0
     assert -0.5 < row["completeness"] < 1.5 and "faithfulness" in row
+
+
+def _zoo_model_for(task_name: str) -> str | None:
+    from acdc_lite import zoo
+
+    return next((n for n in zoo.names() if zoo.card(n)["task"]["name"] == task_name), None)
+
+
+@pytest.mark.parametrize("task_name", ["induction", "ioi", "greater-than", "addition"])
+def test_every_built_in_task_runs_end_to_end_on_a_shipped_model(task_name, tmp_path):
+    """`acdc-lite discover --model ZOO --task TASK`, offline, on a zoo model trained for the task."""
+    from typer.testing import CliRunner
+
+    from acdc_lite.cli import app
+
+    name = _zoo_model_for(task_name)
+    assert name is not None, f"no zoo model does {task_name}"
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["discover", "--model", name, "--task", task_name, "--method", "eap", "--n-examples", "16",
+                                   "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    circuit = json.loads((out / "circuit.json").read_text())
+    assert circuit["edges"] and circuit["metrics"]["faithfulness"] > 0.5
