@@ -220,6 +220,9 @@ def render(
     direction: str = typer.Option("BT", help="BT (input at the bottom) | TB (input at the top)"),
     roles: Path | None = typer.Option(None, "--roles", help="JSON file {node: role}, over the circuit's and the zoo card's."),
     no_roles: bool = typer.Option(False, "--no-roles", help="Draw no roles."),
+    detect_roles: bool = typer.Option(False, "--detect-roles", help="Run the head detectors on the circuit's model "
+                                      "and task (for circuits saved without roles; discover stores them)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="With --detect-roles: the model (default: the circuit's)."),
     report: Path | None = typer.Option(None, "--report", help="A `validate --json` report: its necessary edges are never faded."),
 ):
     """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg --level node"""
@@ -230,6 +233,13 @@ def render(
         if max_edges is not None and max_edges < 1:
             raise ValueError(f"--max-edges must be at least 1, got {max_edges}")
         c = Circuit.load(circuit)
+        if detect_roles:
+            from acdc_lite.pipeline import with_detected_roles
+            from acdc_lite.rerun import rerun
+
+            r = rerun(circuit, model=model)
+            r.circuit.check_model(r.model)
+            c = with_detected_roles(c, r.model, r.task)
         drawn_roles = {} if no_roles else {**display_roles(c), **(_roles_file(roles) or {})}
         path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=drawn_roles, level=level, max_edges=max_edges,
                            merge_above=merge_above, direction=direction, necessary=_necessary_edges(report))
@@ -333,7 +343,7 @@ def import_cmd(
     _guard(job)
 
 
-def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n_examples: int | None, seed: int):
+def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n_examples: int | None, seed: int | None):
     """(model, task, circuit or None): from the options, else from the circuit, else the discover defaults."""
     from acdc_lite.models import load_model
     from acdc_lite.pipeline import DEFAULT_MODEL, DEFAULT_TASK
@@ -344,20 +354,20 @@ def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n
         r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed)
         return r.model, r.task, r.circuit
     hooked = load_model(model or DEFAULT_MODEL)
-    return hooked, load_task(task or DEFAULT_TASK, hooked, n_examples=n_examples or 64, seed=seed), None
+    return hooked, load_task(task or DEFAULT_TASK, hooked, n_examples=n_examples or 64, seed=seed or 0), None
 
 
 _EXPLORE_MODEL = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name (default: the "
                               "circuit's, else discover's default).")
 _EXPLORE_TASK = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file (default: the circuit's).")
 _EXPLORE_N = typer.Option(None, "--n-examples", help="Number of prompts (default 64, or the circuit's).")
-_EXPLORE_SEED = typer.Option(0, help="Task sampling seed.")
+_EXPLORE_SEED = typer.Option(None, help="Task sampling seed (default 0, or the circuit's).")
 
 
 @explore_app.command("heads")
 def explore_heads(
     model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
-    seed: int = _EXPLORE_SEED,
+    seed: int | None = _EXPLORE_SEED,
     prompts: str = typer.Option("0,1", help="Comma-separated prompt indices for the attention figures."),
     html: bool = typer.Option(True, "--html/--no-html", help="Interactive attention pages (needs circuitsvis)."),
     out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
@@ -383,7 +393,7 @@ def explore_heads(
 @explore_app.command("lens")
 def explore_lens(
     model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
-    seed: int = _EXPLORE_SEED,
+    seed: int | None = _EXPLORE_SEED,
     circuit: Path | None = typer.Option(None, "--circuit", "-c", help="Attribute to this circuit's components."),
     metric: str | None = typer.Option(None, help="Lens metric (default: logit_diff, or logprob with no foils)."),
     out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
@@ -405,7 +415,7 @@ def explore_lens(
 @explore_app.command("neurons")
 def explore_neurons(
     model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
-    seed: int = _EXPLORE_SEED,
+    seed: int | None = _EXPLORE_SEED,
     mlp: list[str] = typer.Option([], "--mlp", help="MLP to view (m0, m1, ...; repeatable). Default: the circuit's "
                                   "MLPs, else the last layer's."),
     circuit: Path | None = typer.Option(None, "--circuit", "-c", help="View this circuit's MLPs."),

@@ -119,6 +119,14 @@ def test_detectors_rank_each_cards_heads_first(name):
     assert list(frame["role"][frame["head"].isin(list(truth))]) == [truth[h] for h in frame["head"] if h in truth]
 
 
+def _rename(directory, name):
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    config["name"] = name
+    (directory / "config.json").write_text(json.dumps(config))
+
+
 def test_roles_reach_render_and_diff_for_a_model_without_a_card(tmp_path):
     """A copy of a zoo model with no card: discover stores detected roles; render and diff show them."""
     from acdc_lite.diff import diff
@@ -129,9 +137,11 @@ def test_roles_reach_render_and_diff_for_a_model_without_a_card(tmp_path):
     name = "induction-attn-2l"
     copy = tmp_path / "nocard"
     shutil.copytree(zoo.model_dir(name), copy, ignore=shutil.ignore_patterns("card.json"))
+    _rename(copy, "nocard")  # a SmallTransformer names itself from its config: no zoo name, no card
     out = run_discover(DiscoverConfig(model=str(copy), task="induction", n_examples=32), progress=False)
     write_outputs(out, tmp_path / "run")
     c = Circuit.load(tmp_path / "run" / "circuit.json")
+    assert c.model.name == "nocard"
     truth = card_roles(name)
     in_circuit = {str(h) for h in c.heads()}
     assert set(truth) <= in_circuit  # the discovered circuit keeps every ground-truth head
@@ -144,7 +154,7 @@ def test_roles_reach_render_and_diff_for_a_model_without_a_card(tmp_path):
     assert any(key.startswith("a:induction") for key in d.scores_a) and "a:previous-token->a:induction<k>" in d.scores_a
     same = diff(c, c).to_dot()  # identity alignment draws the roles on the nodes
     for head, role in truth.items():
-        assert f'tooltip="{head}: {role} (shared)"' in same
+        assert f'<B>{head}</B><BR/><FONT POINT-SIZE="9">{role}</FONT>' in same
     other = diff(c, c, roles_b={**truth, "a1.h0": "name-mover"})
     assert other.roles["a1.h0"] == "A: induction / B: name-mover" and other.roles["a0.h3"] == "previous-token"
 

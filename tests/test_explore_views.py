@@ -168,7 +168,7 @@ def test_explore_commands_write_folders_and_refuse_bad_input(tmp_path):
     task = _task(n=10)
     for i in range(len(task)):
         lines.append(json.dumps({"clean": task.clean[i].tolist(), "corrupt": task.corrupt[i].tolist(),
-                                 "answer": int(task.answers[i, 0]), "foil": int(task.foils[i, 0])}))
+                                 "answer": int(task.answers[i, 0]), "foil": (int(task.answers[i, 0]) + 1) % VOCAB}))
     (tmp_path / "task.jsonl").write_text("\n".join(lines) + "\n")
     common = ["--model", tmp_path / "model", "--task", tmp_path / "task.jsonl"]
     res = _cli("explore", "heads", *common, "--prompts", "0", "--no-html", "--out", tmp_path / "heads")
@@ -189,3 +189,27 @@ def test_explore_commands_write_folders_and_refuse_bad_input(tmp_path):
         assert res.exit_code == 1 and message in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
+
+
+def test_render_detect_roles_for_a_circuit_saved_without_roles(tmp_path):
+    import shutil
+
+    from acdc_lite import zoo
+    from acdc_lite.circuit import Circuit, ModelRef
+
+    copy = tmp_path / "nocard"
+    shutil.copytree(zoo.model_dir("ioi-attn-2l"), copy, ignore=shutil.ignore_patterns("card.json"))
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "name": "nocard"}))  # no zoo name: no card override
+    ref = ModelRef.of(load_model(copy))
+    edges = {"input->a0.h2<v>": 1.0, "a0.h2->a1.h0<q>": 1.0, "a0.h2->a1.h1<q>": 1.0, "input->a1.h0<v>": 1.0,
+             "input->a1.h1<v>": 1.0, "a1.h0->logits": 1.0, "a1.h1->logits": 1.0, "a0.h2->logits": 1.0}
+    Circuit(ref, edges, task={"name": "ioi", "n_examples": 32, "seed": 0}).save(tmp_path / "c.json")
+    res = _cli("render", tmp_path / "c.json", "--format", "dot", "--out", tmp_path / "plain.dot")
+    assert res.exit_code == 0, res.output
+    assert "s-inhibition" not in (tmp_path / "plain.dot").read_text()
+    res = _cli("render", tmp_path / "c.json", "--format", "dot", "--detect-roles", "--model", copy, "--out", tmp_path / "c.dot")
+    assert res.exit_code == 0, res.output
+    dot = (tmp_path / "c.dot").read_text()
+    for head, role in (("a0.h2", "s-inhibition"), ("a1.h0", "name-mover"), ("a1.h1", "name-mover")):
+        assert f'tooltip="{head}: {role}"' in dot
