@@ -7,6 +7,10 @@ version, seed) and optionally `scores` (every edge's score, for rankings) and `r
 from the head detectors). Scores are signed: higher = more important to the clean behaviour. Nothing
 that varies between identical runs (seconds, machine) is in the file: the same inputs, seed and thread
 count give the same bytes; a run's cost goes to the run record `run.json` beside it (`acdc_lite.runs`).
+
+Grouped-query attention: `model.n_kv_heads` (absent in older files: one k/v head per query head) and,
+when heads share k/v inputs, `kv_grouping`, which says how k/v edges are counted: one k and one v receiver
+per query head, the k (v) edges from one sender into a group's heads kept or removed together.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class ModelRef:
     parallel_attn_mlp: bool
     fingerprint: str
     d_model: int | None = None  # residual width: exports (EAP-IG / MIB cfg) need it; None in files before it was kept
+    n_kv_heads: int | None = None  # k/v heads (grouped-query attention); None: one per query head
     # how to load it again: kind (zoo, local, hub, registered, in-memory), the reference as given, the weight
     # processing and the measured equivalence with its source (see acdc_lite.models.ModelSource); where a model
     # came from is not part of which model it is (shape and fingerprint), so it does not count in ==
@@ -56,10 +61,20 @@ class ModelRef:
 
         i = model_info(model)
         return cls(i.name, i.architecture, i.n_layers, i.n_heads, i.has_mlp, i.parallel_attn_mlp, fingerprint(model), i.d_model,
-                   model_source(model).to_dict())
+                   n_kv_heads=i.n_kv_heads, source=model_source(model).to_dict())
 
     def graph(self) -> ModelGraph:
-        return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
+        return ModelGraph(self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp, self.n_kv_heads)
+
+    def kv_grouping(self) -> dict | None:
+        """How k/v edges are counted when query heads share k/v inputs (None without grouping)."""
+        graph = self.graph()
+        if graph.kv_group == 1:
+            return None
+        return {"n_kv_heads": graph.n_kv_heads, "group_size": graph.kv_group,
+                "receivers": "per-query-head", "tied": True,
+                "rule": "one k and one v receiver per query head; the k (v) edges from one sender into the heads "
+                        "of a group are kept or removed together"}
 
 
 def _clean_float(x: float | None) -> float | None:
@@ -167,6 +182,7 @@ class Circuit:
             "method": self.method,
             "ablation": self.ablation,
             "n_edges": len(self.edges),
+            **({"kv_grouping": self.model.kv_grouping()} if self.model.kv_grouping() else {}),
             "nodes": self.nodes,
             "edges": self.edges,
             "metrics": self.metrics,

@@ -7,6 +7,14 @@ heads of layer l feed MLP l; with parallel attention and MLP (GPT-NeoX) they do 
 
 Edge counts follow EAP-IG's convention (32,491 for GPT-2 small); `n_edges(include_qkv_to_head=True)`
 adds ACDC's 3 * n_layers * n_heads q/k/v-input -> head edges (32,923 for GPT-2 small).
+
+Grouped-query attention (GQA, and MQA with one k/v head): the heads of a k/v group share one k and one
+v input. The graph keeps one k and one v receiver per *query* head (EAP-IG's and MIB's convention, so
+edge counts match theirs) and ties them: the k (v) edges from one sender into the heads of one group are
+one *unit*, kept or removed together by every step that adds or removes edges. `edge_units` numbers the
+units (a unit is a single edge everywhere else); `tie` closes a mask over them; `connected_mask` treats
+a group's k (v) input as needed when any head of the group is. A unit's score is the sum of its edges'
+scores (a per-head k/v edge moves the shared input by 1/group of its sender's difference).
 """
 
 from __future__ import annotations
@@ -114,13 +122,18 @@ class ModelGraph:
     (if any); the last column is `logits`.
     """
 
-    def __init__(self, n_layers: int, n_heads: int, has_mlp: bool = True, parallel_attn_mlp: bool = False):
+    def __init__(self, n_layers: int, n_heads: int, has_mlp: bool = True, parallel_attn_mlp: bool = False,
+                 n_kv_heads: int | None = None):
         if n_layers < 1 or n_heads < 1:
             raise ValueError(f"a graph needs at least one layer and one head, got {n_layers} x {n_heads}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"{n_heads} query heads cannot share {n_kv_heads} k/v heads (n_heads must be a multiple)")
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.has_mlp = has_mlp
         self.parallel_attn_mlp = parallel_attn_mlp
+        self.n_kv_heads = n_kv_heads
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModelGraph) and self.shape_key == other.shape_key
@@ -130,18 +143,23 @@ class ModelGraph:
 
     def __repr__(self) -> str:
         return (f"ModelGraph(n_layers={self.n_layers}, n_heads={self.n_heads}, has_mlp={self.has_mlp}, "
-                f"parallel_attn_mlp={self.parallel_attn_mlp}, edges={self.n_edges()})")
+                f"parallel_attn_mlp={self.parallel_attn_mlp}, n_kv_heads={self.n_kv_heads}, edges={self.n_edges()})")
 
     @property
     def shape_key(self) -> tuple:
-        return (self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp)
+        return (self.n_layers, self.n_heads, self.has_mlp, self.parallel_attn_mlp, self.n_kv_heads)
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per k/v head (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> ModelGraph:
         from acdc_lite.shape import model_info
 
         info = model_info(model)
-        return cls(info.n_layers, info.n_heads, info.has_mlp, info.parallel_attn_mlp)
+        return cls(info.n_layers, info.n_heads, info.has_mlp, info.parallel_attn_mlp, info.n_kv_heads)
 
     # ---- layout -------------------------------------------------------------------------
     @property
@@ -262,6 +280,66 @@ class ModelGraph:
             raise ValueError(f"edge {edge} is not in {self!r}")
         return s, r
 
+    # ---- grouped k/v: units of edges added or removed together -------------------------
+    def receiver_slots(self) -> list[tuple[int, ...]]:
+        """Receiver columns grouped as one shared input: a k/v group's k (v) columns together, else one column.
+        In column order of each slot's first column."""
+        slots = []
+        for layer in range(self.n_layers):
+            first = layer * self.receivers_per_layer
+            slots += [(first + h,) for h in range(self.n_heads)]
+            for port in (1, 2):
+                for g in range(self.n_kv_heads):
+                    start = first + port * self.n_heads + g * self.kv_group
+                    slots.append(tuple(range(start, start + self.kv_group)))
+            if self.has_mlp:
+                slots.append((self.mlp_receiver(layer),))
+        slots.append((self.logits_receiver,))
+        return slots
+
+    @cached_property
+    def receiver_slot(self) -> torch.Tensor:
+        """[R] long: index into `receiver_slots()` of each receiver column."""
+        out = torch.empty(self.n_receivers, dtype=torch.long)
+        for i, cols in enumerate(self.receiver_slots()):
+            out[list(cols)] = i
+        return out
+
+    @cached_property
+    def edge_units(self) -> torch.Tensor:
+        """[S, R] long: the unit of each valid edge (-1 elsewhere). A unit is one edge, or with grouped-query
+        attention the k (v) edges from one sender into the heads of one group. Numbered in row-major order
+        of their first edge."""
+        key = torch.arange(self.n_senders)[:, None] * self.n_receivers + self.receiver_slot[None, :]
+        key = torch.where(self.valid, key, torch.full_like(key, -1))
+        _, units = torch.unique(key[self.valid], return_inverse=True)
+        out = torch.full(self.valid.shape, -1, dtype=torch.long)
+        out[self.valid] = units
+        return out
+
+    @property
+    def n_units(self) -> int:
+        return int(self.edge_units.max()) + 1
+
+    def tie(self, kept: torch.Tensor) -> torch.Tensor:
+        """[.., S, R] bool: `kept` with every unit that has one edge kept kept whole."""
+        return tie_kv_groups(self, kept, self.kv_group)
+
+    def is_tied(self, kept: torch.Tensor) -> bool:
+        """Whether a binary [.., S, R] mask keeps or removes every unit whole."""
+        kept = kept.bool() & self.valid
+        return bool(torch.equal(self.tie(kept), kept))
+
+    def unit_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """[S, R] -> [S, R]: each valid edge gets the sum of `values` over its unit (NaN if all are NaN)."""
+        units = self.edge_units[self.valid]
+        v = values[self.valid].double()
+        total = torch.zeros(self.n_units, dtype=torch.float64).index_add_(0, units, v.nan_to_num(0))
+        seen = torch.zeros(self.n_units, dtype=torch.bool).index_fill_(0, units[~v.isnan()], True)
+        out = torch.full(self.valid.shape, float("nan"), dtype=values.dtype)
+        out[self.valid] = torch.where(seen, total, torch.full_like(total, float("nan")))[units].to(values.dtype)
+        return out
+
     def mask_from_edges(self, edges) -> torch.Tensor:
         """[n_senders, n_receivers] bool membership of an iterable of edges (or names)."""
         mask = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
@@ -307,7 +385,9 @@ def jaccard(a: set, b: set) -> float:
 
 
 def connected_mask(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:
-    """Keep only edges on some path input -> ... -> logits: [S, R] bool -> [S, R] bool."""
+    """Keep only edges on some path input -> ... -> logits: [S, R] bool -> [S, R] bool.
+
+    A tied mask stays tied: a k/v group's shared input counts as one receiver, needed if any head of the group is."""
     kept = kept.bool() & graph.valid
     rnode = receiver_nodes(graph)
     n_nodes, n_senders = len(graph.nodes), graph.n_senders
@@ -322,19 +402,24 @@ def connected_mask(graph: ModelGraph, kept: torch.Tensor) -> torch.Tensor:
         forward = new
     backward = torch.zeros(n_nodes, dtype=torch.bool)
     backward[graph.nodes.index(LOGITS_NODE)] = True
+    slot = graph.receiver_slot
     while True:
-        hit = (kept & backward[rnode][None, :]).any(1)
+        needed = backward[rnode]  # [R]: a group's shared k/v input is needed when any of its heads is
+        needed = torch.zeros(int(slot.max()) + 1, dtype=torch.bool).index_fill_(0, slot[needed], True)[slot]
+        hit = (kept & needed[None, :]).any(1)
         new = backward.clone()
         new[:n_senders] |= hit
         if torch.equal(new, backward):
             break
         backward = new
-    return kept & forward[:n_senders, None] & backward[rnode][None, :]
+    needed = torch.zeros(int(slot.max()) + 1, dtype=torch.bool).index_fill_(0, slot[backward[rnode]], True)[slot]
+    return kept & forward[:n_senders, None] & needed[None, :]
 
 
-def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Tensor:
+def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int | None = None) -> torch.Tensor:
     """Grouped-query attention: heads of a k/v group share one k and one v input, so an edge into one
     head's k (v) is an edge into the group's. Returns [.., S, R] with each group's k/v columns OR-ed."""
+    group = graph.kv_group if group is None else group
     if group <= 1:
         return kept
     out = kept.clone()
@@ -345,3 +430,14 @@ def tie_kv_groups(graph: ModelGraph, kept: torch.Tensor, group: int) -> torch.Te
             cols = out[..., start:start + h].unflatten(-1, (h // group, group))
             out[..., start:start + h] = cols.any(-1, keepdim=True).expand_as(cols).flatten(-2)
     return out & graph.valid
+
+
+def unit_members(graph: ModelGraph, mask: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(sender rows [k], receiver columns [k]) of every unit with an edge in `mask` (default: all), in unit order."""
+    keep = graph.valid if mask is None else (mask.bool() & graph.valid)
+    s, r = keep.nonzero(as_tuple=True)
+    units = graph.edge_units[s, r]
+    order = torch.sort(units, stable=True).indices
+    s, r, units = s[order], r[order], units[order]
+    counts = torch.unique_consecutive(units, return_counts=True)[1].tolist()
+    return list(zip(s.split(counts), r.split(counts), strict=True))

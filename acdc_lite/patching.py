@@ -15,7 +15,8 @@ gives the gradient for every edge (attribution patching) without differentiating
 
 Grouped-query attention: a model's k and v inputs are shared by the query heads of a group, so a
 group's k (v) input takes the mean of its heads' corrections; in a binary mask the heads of a group
-must agree on their k/v edges (fractional masks, as in gradients, use the mean).
+must agree on their k/v edges (`ModelGraph.tie`; every search method and measure keeps them tied),
+and fractional masks, as in gradients, use the mean.
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ class EdgePatcher:
         self.attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         self.batch_size = batch_size
         info = model_info(model)
-        self.kv_group = info.n_heads // info.n_kv_heads
+        if graph.kv_group != info.n_heads // info.n_kv_heads:
+            raise ValueError(f"the graph has {graph.n_kv_heads} k/v heads but the model {info.n_kv_heads}; "
+                             "build it with ModelGraph.from_model")
+        self.kv_group = graph.kv_group
         self.supports_start = info.supports_start_at_layer
         self.forward_passes = 0.0  # in units of one plain forward over all examples
         self.backward_passes = 0.0
@@ -193,7 +197,8 @@ class EdgePatcher:
                 start = layer * g.receivers_per_layer + port_offset
                 cols = removed[..., start:start + h].unflatten(-1, (h // self.kv_group, self.kv_group))
                 if not torch.equal(cols, cols[..., :1].expand_as(cols)):
-                    raise ValueError(f"layer {layer}: heads sharing a k/v group (size {self.kv_group}) need equal k/v masks")
+                    raise ValueError(f"layer {layer}: heads sharing a k/v group (size {self.kv_group}) need equal k/v "
+                                     "masks; close the mask with graph.tie(mask)")
 
     # ---- hooks ----------------------------------------------------------------------------
     def _correction(self, st: _Pass, cols: slice, n_senders: int, b: int, p: int, d: int) -> _Correction | None:

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
-from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, jaccard, receiver_nodes, tie_kv_groups
+from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, jaccard, receiver_nodes, unit_members
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
 from acdc_lite.ranking import top_n
 from acdc_lite.task import Task
@@ -71,7 +71,7 @@ class Minimality:
     """Necessity of each checked circuit edge (node): the normalised metric drop when only it is removed."""
 
     n_edges: int
-    n_checked: int  # edges checked (a random sample when the circuit has more than the cap)
+    n_checked: int  # edges checked (a random sample of units when the circuit has more than the cap; a tied k/v unit counts its edges)
     tol: float
     edge_necessity: dict[str, float]
     useless_edges: list[str]  # |necessity| < tol
@@ -313,7 +313,7 @@ def faithfulness_curve(patcher: EdgePatcher, metric: Callable, scores: torch.Ten
                     int(torch.isnan(scores[graph.valid]).sum()), n_total)
     requested = [int(k * n_total) for k in fractions]
     masks = [top_n(graph, scores, n, absolute) for n in requested]
-    masks = [tie_kv_groups(graph, connected_mask(graph, m) if prune else m, patcher.kv_group) for m in masks]
+    masks = [connected_mask(graph, m) if prune else m for m in masks]  # top_n and pruning keep k/v units tied
     values: list[float] = []
     for batch in tqdm(list(_batched(masks, candidates)), desc="faithfulness curve", disable=not progress, leave=False):
         values += patcher.evaluate(torch.stack(batch), metric).tolist()
@@ -335,20 +335,20 @@ def minimality(patcher: EdgePatcher, metric: Callable, circuit_mask: torch.Tenso
     """
     graph = patcher.graph
     circuit_mask = circuit_mask.bool() & graph.valid
-    edges = [tuple(e) for e in circuit_mask.nonzero().tolist()]
-    if len(edges) > max_edges:
-        pick = torch.randperm(len(edges), generator=torch.Generator().manual_seed(seed))[:max_edges]
-        edges = [edges[i] for i in sorted(pick.tolist())]
-        log.info("minimality: checking a random %d of %d circuit edges", max_edges, int(circuit_mask.sum()))
+    units = unit_members(graph, circuit_mask)  # a tied k/v unit (grouped-query attention) goes as one
+    if len(units) > max_edges:
+        pick = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed))[:max_edges]
+        units = [units[i] for i in sorted(pick.tolist())]
+        log.info("minimality: checking a random %d of %d circuit edges (units)", max_edges, len(unit_members(graph, circuit_mask)))
     last = graph.n_layers - 1
     prefix = patcher.record_prefix(circuit_mask) if patcher.supports_start else None
 
-    jobs = []  # (kind, name, start layer, mask)
-    for s, r in edges:
-        single = torch.zeros_like(circuit_mask)
-        single[s, r] = True
-        m = circuit_mask & ~tie_kv_groups(graph, single, patcher.kv_group)  # a shared k/v input goes as one
-        jobs.append(("edge", str(Edge(graph.senders[s], *graph.receivers[r])), min(graph.receiver_layer(r), last), m))
+    jobs = []  # (kind, names, start layer, mask)
+    for rows, cols in units:
+        m = circuit_mask.clone()
+        m[rows, cols] = False
+        names = tuple(str(Edge(graph.senders[s], *graph.receivers[r])) for s, r in zip(rows.tolist(), cols.tolist(), strict=True))
+        jobs.append(("edge", names, min(graph.receiver_layer(int(cols[0])), last), m))
     if check_nodes:
         for name in sorted(node_set(graph, circuit_mask)):
             node = Node.parse(name)
@@ -357,7 +357,7 @@ def minimality(patcher: EdgePatcher, metric: Callable, circuit_mask: torch.Tenso
             m = circuit_mask.clone()
             m[graph.senders.index(node)] = False  # no outgoing edge: the node's output is ablated everywhere
             first_receiver = max(node.layer, 0) + int(node.kind is NodeKind.MLP)  # a head feeds its layer's MLP
-            jobs.append(("node", name, min(first_receiver, last), m))
+            jobs.append(("node", (name,), min(first_receiver, last), m))
     jobs.sort(key=lambda j: j[2])
 
     necessity: dict[tuple[str, str], float] = {}
@@ -365,7 +365,8 @@ def minimality(patcher: EdgePatcher, metric: Callable, circuit_mask: torch.Tenso
         start = batch[0][2] if prefix is not None else 0
         values = patcher.evaluate(torch.stack([j[3] for j in batch]), metric, start_layer=start, prefix=prefix)
         for job, v in zip(batch, values.tolist(), strict=True):
-            necessity[(job[0], job[1])] = (metric_circuit - v) / gap
+            for name in job[1]:  # every edge of a tied unit gets the unit's necessity
+                necessity[(job[0], name)] = (metric_circuit - v) / gap
     edge_n = {k[1]: v for k, v in sorted(necessity.items()) if k[0] == "edge"}
     node_n = {k[1]: v for k, v in sorted(necessity.items()) if k[0] == "node"}
     return Minimality(
@@ -382,13 +383,17 @@ def random_baseline(patcher: EdgePatcher, metric: Callable, kl: Callable, n_edge
                     progress: bool = False) -> RandomBaseline:
     """Faithfulness, completeness and KL of `n_seeds` uniformly random edge sets of `n_edges` edges."""
     graph = patcher.graph
-    flat = graph.valid.flatten().nonzero().flatten()
+    units = unit_members(graph)
     masks = []
-    for i in range(n_seeds):
-        pick = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(seed + i))[:n_edges]]
-        m = torch.zeros(graph.valid.numel(), dtype=torch.bool)
-        m[pick] = True
-        m = tie_kv_groups(graph, m.view_as(graph.valid), patcher.kv_group)
+    for i in range(n_seeds):  # whole units (tied k/v edges) in random order until n_edges are reached
+        m = torch.zeros_like(graph.valid)
+        count = 0
+        for u in torch.randperm(len(units), generator=torch.Generator().manual_seed(seed + i)).tolist():
+            if count >= n_edges:
+                break
+            rows, cols = units[u]
+            m[rows, cols] = True
+            count += len(rows)
         masks += [m, graph.valid & ~m]
     metric_v, kl_v = [], []
     for batch in tqdm(list(_batched(masks, candidates)), desc="random circuits", disable=not progress, leave=False):
@@ -542,6 +547,11 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
     metric_name = metric or task.default_metric
     graph = circuit.graph
     circuit_mask = circuit.mask()
+    if not graph.is_tied(circuit_mask):
+        circuit_mask = graph.tie(circuit_mask)
+        notes.append(f"the circuit keeps some but not all k/v edges of a k/v group (grouped-query attention); "
+                     f"validated with those groups' k/v edges kept whole ({int(circuit_mask.sum())} edges)")
+        log.warning(notes[-1])
     with torch.no_grad(), eval_mode(model):
         metric_fn = task.metric(metric_name, model=model)
         kl_fn = task.metric("kl", model=model)

@@ -191,14 +191,20 @@ def test_refuses_other_weights(small_model, task):
 
 def test_grouped_query_attention_model(task):
     from acdc_lite import load_model
-    from acdc_lite.validate import tie_kv_groups
     from tests.conftest import _llama_gqa
 
     torch.manual_seed(0)
     model = load_model(_llama_gqa())
     graph = ModelGraph.from_model(model)
-    mask = tie_kv_groups(graph, connected_mask(graph, random_scores(graph, 5) > 0.8), 2)
+    mask = connected_mask(graph, graph.tie(random_scores(graph, 5) > 0.8))
     scores = random_scores(graph, 6)
     report = validate(model, task, circuit_of(model, mask, scores), random_seeds=2, max_minimality_edges=8, progress=False)
-    assert 0 < report.minimality.n_checked <= 8 and len(report.curve.faithfulness) == len(MIB_FRACTIONS)
+    # 8 units checked; a tied k/v unit counts its 2 edges, each with the unit's necessity
+    assert 8 < report.minimality.n_checked <= 16 and len(report.curve.faithfulness) == len(MIB_FRACTIONS)
+    necessity = report.minimality.edge_necessity
+    tied = [e for e in necessity if e.endswith("<k>") or e.endswith("<v>")]
+    for e in tied:
+        head = int(e.split("->")[1].split(".h")[1][0])
+        sibling = e.replace(f".h{head}<", f".h{head ^ 1}<")
+        assert necessity[sibling] == necessity[e]
     assert report.curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)

@@ -21,7 +21,6 @@ from torch import nn
 
 from acdc_lite.boundary import UsageError
 from acdc_lite.circuit import Circuit, ModelRef
-from acdc_lite.graph import tie_kv_groups
 from acdc_lite.patching import Ablation
 from acdc_lite.runs import Checkpointer
 from acdc_lite.search import acdc, attribution, head_pruning, hybrid, select
@@ -85,11 +84,6 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float |
         raise SearchError(f"{method} needs a task metric: KL has zero gradient at the clean model; use --metric {suggestion}")
     if metric == "accuracy" and method != "exact":
         raise SearchError("accuracy is not a search metric (flat almost everywhere); use logit_diff, prob_diff, logprob or kl")
-    info = model_info(model)
-    group = info.n_heads // info.n_kv_heads
-    if group > 1 and method in ("acdc", "hybrid", "exact"):
-        raise SearchError(f"{method} removes single k/v edges, but this model shares k/v inputs across {group} heads "
-                          "(grouped-query attention); use eap, eap-ig or head-pruning")
     torch.manual_seed(seed)
     with torch.inference_mode(False):
         model.eval()
@@ -111,10 +105,10 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float |
             return head_pruning.hisp(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress))
         if method == "hybrid":
             return hybrid.run(ctx, hybrid.HybridConfig(tau=tau, ig_steps=ig_steps, progress=progress, checkpoint=checkpoint))
-        return _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, group, progress, checkpoint)
+        return _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, progress, checkpoint)
 
 
-def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_steps, group, progress, checkpoint) -> SearchResult:
+def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_steps, progress, checkpoint) -> SearchResult:
     graph = ctx.graph
     if method == "eap":
         attr = attribution.eap(ctx)
@@ -136,7 +130,7 @@ def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_step
     if level == "node":
         dropped = {s for s in range(graph.n_senders) if not kept[s].any()}
         kept = node_mask_to_edges(graph, dropped)
-    kept = prune_dangling(graph, tie_kv_groups(graph, kept, group))
+    kept = prune_dangling(graph, kept)  # selection keeps grouped k/v edges tied
     params = {"level": level, "top_n": top_n, "threshold": threshold, "target_faithfulness": target,
               "ig_steps": ig_steps if method == "eap-ig" else None, "ranking": "absolute score"}
     return SearchResult(method=method, params=params, kept=kept, scores=scores, trajectory=[],

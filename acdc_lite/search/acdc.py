@@ -20,6 +20,10 @@ resuming from it repeats the same arithmetic and gives the identical circuit.
 
 With `estimates` (the hybrid's attribution), each receiver first tries to drop, in one pass, the edges
 estimated below tau (see `_remove_unlikely`); only the rest are tested one by one.
+
+Grouped-query attention: a k/v group's shared k (v) input is one receiver (`ModelGraph.receiver_slots`),
+visited with the group's first head; the edges from one sender into it (one per query head of the group)
+are removed as one unit by one test, and each gets an equal share of the measured drop.
 """
 
 from __future__ import annotations
@@ -48,14 +52,16 @@ class ACDCConfig:
     estimates: torch.Tensor | None = None  # [S, R] estimated |effect| per edge (attribution): see `_remove_unlikely`
 
 
-def receiver_order(graph: ModelGraph) -> list[int]:
-    """Receiver columns from the output backwards (see module docstring)."""
-    order = [graph.logits_receiver]
+def receiver_order(graph: ModelGraph) -> list[tuple[int, ...]]:
+    """Receiver slots (columns tested as one input, see `ModelGraph.receiver_slots`) from the output backwards:
+    logits, then per layer the MLP and heads H-1..0 with q, k, v (a k/v group's shared k and v with its first head)."""
+    slot_of = {cols[0]: cols for cols in graph.receiver_slots()}
+    order = [slot_of[graph.logits_receiver]]
     for layer in reversed(range(graph.n_layers)):
         if graph.has_mlp:
-            order.append(graph.mlp_receiver(layer))
+            order.append(slot_of[graph.mlp_receiver(layer)])
         for head in reversed(range(graph.n_heads)):
-            order += [graph.head_receiver(layer, port, head) for port in HEAD_PORTS]
+            order += [slot_of[c] for c in (graph.head_receiver(layer, port, head) for port in HEAD_PORTS) if c in slot_of]
     return order
 
 
@@ -67,12 +73,16 @@ def _sender_order(graph: ModelGraph, receiver: int, shuffle_seed: int | None) ->
     return senders
 
 
-def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, receiver: int) -> bool:
-    node = graph.receivers[receiver][0]
-    if node.kind is NodeKind.LOGITS:
-        return True
-    sender = graph.head_sender(node.layer, node.head) if node.kind is NodeKind.HEAD else graph.mlp_sender(node.layer)
-    return bool(kept[sender].any())
+def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, slot: tuple[int, ...]) -> bool:
+    """Whether any node reading this receiver slot still has an outgoing edge."""
+    for receiver in slot:
+        node = graph.receivers[receiver][0]
+        if node.kind is NodeKind.LOGITS:
+            return True
+        sender = graph.head_sender(node.layer, node.head) if node.kind is NodeKind.HEAD else graph.mlp_sender(node.layer)
+        if kept[sender].any():
+            return True
+    return False
 
 
 def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
@@ -88,40 +98,43 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         kept, scores, trajectory, done_receivers = graph.full_mask(), torch.full(graph.valid.shape, float("nan")), [], []
         current, floor = float(ctx.evaluate(kept)), 0.0  # floor: one suffix pass per tested edge
     snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
-    order = [r for r in receiver_order(graph) if r not in set(done_receivers)]
+    done = set(done_receivers)
+    order = [slot for slot in receiver_order(graph) if slot[0] not in done]
     bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
                desc="ACDC edges", disable=not config.progress, unit="edge")
     try:
-        for receiver in order:
+        for slot in order:
+            cols = list(slot)
+            receiver, share = slot[0], 1 / len(slot)  # a tied unit's drop is shared by its edges
             senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver]]
-            if not _feeds_anything(graph, kept, receiver):
-                kept[:, receiver] = False  # a node that feeds nothing needs no inputs
+            if not _feeds_anything(graph, kept, slot):
+                kept[:, cols] = False  # a node that feeds nothing needs no inputs
             else:
                 start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
                 if config.estimates is not None:
-                    senders, current = _remove_unlikely(ctx, kept, receiver, senders, config, current, start_layer, prefix)
+                    senders, current = _remove_unlikely(ctx, kept, slot, senders, config, current, start_layer, prefix)
                 i, size = 0, 1
                 while i < len(senders):
                     chunk = senders[i:i + size]
                     cands = kept[None].repeat(len(chunk), 1, 1)
                     for k, s in enumerate(chunk):
-                        cands[k:, s, receiver] = False
+                        cands[k:, s, cols] = False
                     values = ctx.evaluate(cands, start_layer=start_layer, prefix=prefix).tolist()
                     for k, s in enumerate(chunk):
                         drop = current - values[k]
-                        scores[s, receiver] = drop
+                        scores[s, cols] = drop * share
                         floor += (graph.n_layers - start_layer) / graph.n_layers
                         i += 1
                         if drop < config.tau:
-                            kept[s, receiver] = False
+                            kept[s, cols] = False
                             current = values[k]
                         else:
                             break  # later candidates assumed this edge removed: re-test them
                     # speculate further after removals, less after a kept edge (the rest of its batch was wasted)
                     size = min(2 * size, config.batch) if drop < config.tau else 1
-            bar.update(graph.n_senders_before(receiver))
-            done_receivers.append(receiver)
-            trajectory.append({"receiver": str(graph.receivers[receiver][0]) + f"<{graph.receivers[receiver][1].value}>",
+            bar.update(graph.n_senders_before(receiver) * len(slot))
+            done_receivers += list(slot)
+            trajectory.append({"receiver": "+".join(f"{graph.receivers[r][0]}<{graph.receivers[r][1].value}>" for r in slot),
                                "metric": current, "edges": int(kept.sum()), "forward_passes": patcher.forward_passes})
             if config.checkpoint is not None:
                 snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
@@ -144,19 +157,22 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
     )
 
 
-def _remove_unlikely(ctx: SearchContext, kept: torch.Tensor, receiver: int, senders: list[int], config: ACDCConfig,
-                     current: float, start_layer: int, prefix) -> tuple[list[int], float]:
-    """Remove in one test the edges into `receiver` estimated to matter less than tau, if together they cost
-    less than tau; else retry with the half of smaller estimate, and so on. Edits `kept` in place; returns
-    the senders still to be tested one by one and the metric after the removal."""
-    estimate = config.estimates[:, receiver]
+def _remove_unlikely(ctx: SearchContext, kept: torch.Tensor, slot: tuple[int, ...], senders: list[int],
+                     config: ACDCConfig, current: float, start_layer: int, prefix) -> tuple[list[int], float]:
+    """Remove in one test the edges into receiver `slot` estimated to matter less than tau (a tied k/v unit's
+    estimate: the sum over its edges), if together they cost less than tau; else retry with the half of smaller
+    estimate, and so on. Edits `kept` in place; returns the senders still to be tested one by one and the metric
+    after the removal."""
+    cols = torch.tensor(slot)
+    estimate = config.estimates[:, cols].sum(dim=1)
     unlikely = sorted((s for s in senders if estimate[s] < config.tau), key=lambda s: float(estimate[s]))
     while unlikely:
         candidate = kept.clone()
-        candidate[unlikely, receiver] = False
+        rows = torch.tensor(unlikely)[:, None]
+        candidate[rows, cols] = False
         value = float(ctx.evaluate(candidate, start_layer=start_layer, prefix=prefix))
         if current - value < config.tau:
-            kept[unlikely, receiver] = False
+            kept[rows, cols] = False
             gone = set(unlikely)
             return [s for s in senders if s not in gone], value
         unlikely = unlikely[:len(unlikely) // 2]

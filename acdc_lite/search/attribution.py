@@ -8,7 +8,9 @@ is removed from the full model: higher = more important to the clean behaviour, 
 - EAP-IG: the receiver gradients averaged over `ig_steps` inputs interpolated from the ablated input
   to the clean one (EAP-IG's "inputs" variant), times the same differences.
 - exact: metric(full) - metric(full without the edge) for every edge, batched `batch` candidates per
-  pass, recomputing only from the receiver's layer on.
+  pass, recomputing only from the receiver's layer on. With grouped-query attention a tied k/v unit (the
+  edges from one sender into a k/v group's shared input) is removed whole and each of its edges gets an
+  equal share of the drop, so a unit's score (the sum) is its true effect, as for the gradient scores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from acdc_lite.boundary import InputError
 from acdc_lite.runs import Checkpointer
+from acdc_lite.graph import unit_members
 from acdc_lite.search.common import SearchContext
 
 
@@ -52,8 +55,8 @@ def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges:
     prefix = ctx.patcher.record_prefix(full)
     scores = torch.full(graph.valid.shape, float("nan"))
     by_layer: dict[int, list] = {}
-    for s, r in graph.valid.nonzero().tolist():
-        by_layer.setdefault(min(graph.receiver_layer(r), graph.n_layers - 1), []).append((s, r))
+    for rows, cols in unit_members(graph):  # a tied k/v unit is patched whole
+        by_layer.setdefault(min(graph.receiver_layer(int(cols[0])), graph.n_layers - 1), []).append((rows, cols))
     chunks = [(layer, layer_edges[i:i + batch]) for layer, layer_edges in sorted(by_layer.items())
               for i in range(0, len(layer_edges), batch)]
     done = _resume_exact(checkpoint, graph, scores)
@@ -67,11 +70,11 @@ def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges:
         try:
             for n, (layer, chunk) in enumerate(chunks[done:], done + 1):
                 cands = full[None].repeat(len(chunk), 1, 1)
-                for k, (s, r) in enumerate(chunk):
-                    cands[k, s, r] = False
+                for k, (rows, cols) in enumerate(chunk):
+                    cands[k, rows, cols] = False
                 values = ctx.evaluate(cands, start_layer=layer, prefix=prefix)
-                for k, (s, r) in enumerate(chunk):
-                    scores[s, r] = metric_full - float(values[k])
+                for k, (rows, cols) in enumerate(chunk):  # each edge of a unit gets an equal share
+                    scores[rows, cols] = (metric_full - float(values[k])) / len(rows)
                 bar.update(len(chunk))
                 if checkpoint is not None:
                     snapshot = _exact_state(graph, scores, n)
