@@ -202,7 +202,9 @@ def _enable_circuit_hooks(bridge: nn.Module, processing: Processing = Processing
         bridge.set_use_split_qkv_input(True)
         bridge.set_use_hook_mlp_in(True)
     except Exception as e:
-        raise ModelLoadError(f"cannot switch on per-head hooks for {bridge.cfg.architecture}: {e}") from e
+        reason = str(e).split(". ")[0]
+        raise ModelLoadError(f"{_model_type(bridge)}: TransformerLens 4.3 cannot hook this family's attention per head, "
+                             f"so its heads cannot be circuit nodes ({reason})") from e
     info = model_info(bridge)
     needed = [hooks.INPUT, hooks.resid_post(info.n_layers - 1)]
     for layer in range(info.n_layers):
@@ -225,6 +227,37 @@ def _enable_circuit_hooks(bridge: nn.Module, processing: Processing = Processing
     for key in ("r", "q"):
         if key not in seen or len(seen[key]) != 4 or seen[key][2] != info.n_heads:
             raise ModelLoadError(f"{info.architecture}: per-head hooks did not take effect (saw {seen})")
+    _check_additive(bridge, info)
+
+
+def _model_type(bridge: nn.Module) -> str:
+    """'Gemma2ForCausalLM (model type gemma2)': the names a user knows the family by."""
+    hf_config = getattr(getattr(bridge, "original_model", None), "config", None)
+    model_type = getattr(hf_config, "model_type", None)
+    return f"{bridge.cfg.architecture}" + (f" (model type {model_type})" if model_type else "")
+
+
+@torch.no_grad()
+def _check_additive(bridge: nn.Module, info: ModelInfo) -> None:
+    """Edges assume each block adds its heads' results and its MLP output to the residual stream:
+    resid_post(l) - resid_pre(l) == sum_h result(l, h) + mlp_out(l) + a constant (the attention output bias,
+    which no head owns and no ablation touches). A norm after attention (Gemma 2/3, OLMo 2) breaks that, and
+    TransformerLens has no per-head hook after it: refuse such models."""
+    names = [hooks.head_result(layer) for layer in range(info.n_layers)]
+    names += [hooks.resid_pre(layer) for layer in range(info.n_layers)] + [hooks.resid_post(layer) for layer in range(info.n_layers)]
+    names += [hooks.mlp_out(layer) for layer in range(info.n_layers)] if info.has_mlp else []
+    tokens = (torch.arange(8, device=next(bridge.parameters()).device) * 7 + 1)[None] % info.d_vocab
+    _, cache = bridge.run_with_cache(tokens, names_filter=lambda name: name in names)
+    for layer in range(info.n_layers):
+        added = cache[hooks.resid_post(layer)] - cache[hooks.resid_pre(layer)]
+        parts = cache[hooks.head_result(layer)].sum(2) + (cache[hooks.mlp_out(layer)] if info.has_mlp else 0)
+        rest = added - parts  # [1, pos, d_model]: the same at every position when the block is additive
+        error = float((rest - rest[:, :1]).abs().max())
+        if error > 1e-3 * max(1.0, float(added.abs().max())):
+            raise ModelLoadError(
+                f"{_model_type(bridge)}: layer {layer}'s per-head results and MLP output do not add up to what the block "
+                f"writes to the residual stream (max error {error:.3g}); a norm after attention or the MLP (as in Gemma 2/3 "
+                "and OLMo 2) makes heads inseparable, so this family is not supported for circuit discovery")
 
 
 def _finish(model: nn.Module, device, dtype) -> nn.Module:
