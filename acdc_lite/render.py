@@ -18,8 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from acdc_lite.circuit import Circuit, write_atomic
-from acdc_lite.graph import Edge, Node, NodeKind, connected_mask
+from acdc_lite.graph import Edge, Node, NodeKind, connected_mask, unit_members
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,18 @@ def display_order(name: str) -> int:
     return node.head if node.kind is NodeKind.HEAD else 0
 
 
+def kv_note(graph, mask) -> str:
+    """The legend line for grouped-query attention: which drawn k/v edges are one tied unit."""
+    kv = [c for c in range(graph.n_receivers) if graph.receivers[c][1].value in "kv"]
+    sub = torch.zeros_like(mask)
+    sub[:, kv] = mask[:, kv]
+    n_units = len(unit_members(graph, sub))
+    groups = " ".join("{" + ",".join(f"h{h}" for h in range(g * graph.kv_group, (g + 1) * graph.kv_group)) + "}"
+                      for g in range(graph.n_kv_heads))
+    return (f"grouped-query attention: heads {groups} share one k and one v input per layer; the {int(sub.sum())} "
+            f"k/v edges drawn are {n_units} tied units (one sender into one group's k or v), kept or removed together")
+
+
 def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: bool = True, fade_above: int = 60,
                   weak_fraction: float = 0.1, max_edges: int | None = None, merge_above: int = 150,
                   necessary: set[str] | frozenset[str] = frozenset(), level: str = "edge",
@@ -214,6 +228,8 @@ def circuit_specs(circuit: Circuit, roles: dict[str, str] | None = None, prune: 
         mask = pruned
     kept = [Edge(graph.senders[s], *graph.receivers[r]) for s, r in mask.nonzero().tolist()]
     scores = {e: circuit.edges.get(str(e)) for e in kept}
+    if graph.kv_group > 1:
+        notes.append(kv_note(graph, mask))
     if level == "auto":
         level = "node" if len(kept) > merge_above else "edge"
     if max_edges is not None and len(kept) > max_edges:  # necessary edges first, then by |score|
