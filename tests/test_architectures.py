@@ -17,14 +17,11 @@ from acdc_lite.search import METHODS, discover
 from tests.architectures import BY_NAME, FAMILIES, VOCAB
 from tests.test_patching import replace_senders_hooks
 
+NO_HOOK, NOT_ADDITIVE = "cannot hook this family's attention per head", "do not add up"
 # family -> what the refusal must say (the reason TransformerLens 4.3 cannot give separable heads)
-REFUSED = {
-    "gpt-j": "cannot hook this family's attention per head",
-    "gpt-neo": "cannot hook this family's attention per head",
-    "opt": "cannot hook this family's attention per head",
-    "gemma2": "do not add up",
-    "olmo2": "do not add up",
-}
+REFUSED = {"gpt-j": NO_HOOK, "gpt-neo": NO_HOOK, "opt": NO_HOOK, "gemma2": NOT_ADDITIVE, "olmo2": NOT_ADDITIVE}
+REASON = {NO_HOOK: "TL 4.3 has no per-head attention hook for it",
+          NOT_ADDITIVE: "a norm after attention: heads do not add up to the block's output"}
 SUPPORTED = [f.name for f in FAMILIES if f.name not in REFUSED]
 
 
@@ -62,7 +59,8 @@ def task(prompts):
 
 
 @pytest.mark.parametrize("family", list(REFUSED))
-def test_refused_family_names_its_model_type(family):
+def test_refused_family_names_its_model_type(family, record_property):
+    record_property("detail", REASON[REFUSED[family]])
     hf = BY_NAME[family].build()
     with pytest.raises(ModelLoadError, match=REFUSED[family]) as err:
         load_model(hf)
