@@ -25,7 +25,6 @@ from acdc_lite.patching import Ablation
 from acdc_lite.runs import Checkpointer
 from acdc_lite.search import acdc, attribution, head_pruning, hybrid, select
 from acdc_lite.search.common import SearchContext, SearchResult, node_mask_to_edges, prune_dangling
-from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
