@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from acdc_lite.boundary import InputError
-from acdc_lite.runs import Checkpointer
 from acdc_lite.graph import unit_members
+from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext
 
 
