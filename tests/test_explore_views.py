@@ -25,8 +25,10 @@ def _model(normalization="none", d_mlp=24, n_layers=2, seed=0):
 
 def _task(n=8, p=7, seed=1):
     g = torch.Generator().manual_seed(seed)
+    answers = torch.randint(0, VOCAB, (n, 1), generator=g)
+    foils = (answers + torch.randint(1, VOCAB, (n, 1), generator=g)) % VOCAB  # never the answer: a task file refuses that
     return Task("random", torch.randint(0, VOCAB, (n, p), generator=g), torch.randint(0, VOCAB, (n, p), generator=g),
-                torch.randint(0, VOCAB, (n, 1), generator=g), foils=torch.randint(0, VOCAB, (n, 1), generator=g))
+                answers, foils=foils)
 
 
 def _colorbar_labels(fig):
