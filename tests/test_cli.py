@@ -189,19 +189,20 @@ def test_other_commands_fail_cleanly(zoo_runs, tmp_path):
     assert res.exit_code != 0 and "unknown suite" in res.output
 
 
-def test_metric_blind_to_the_ablation_still_writes_a_valid_circuit(setup, tmp_path):
-    """Corrupted = clean prompts: every edge goes, faithfulness is undefined (null), the file is valid JSON."""
+def test_metric_blind_to_the_ablation_is_refused(setup, tmp_path):
+    """Corrupted = clean prompts: the metric cannot tell the full model from the ablated one, so the search refuses
+    (it used to return an empty circuit with faithfulness null)."""
     same = tmp_path / "same.jsonl"
     same.write_text("\n".join(json.dumps({"clean": [1, 2, 3, 4], "corrupt": [1, 2, 3, 4], "answer": 5, "foil": 6})
                               for _ in range(4)) + "\n")
-    from acdc_lite import discover, load_model  # load_task refuses such a task; the search itself must not crash
-    from acdc_lite.task import task_from_jsonl
+    from acdc_lite import discover, load_model  # load_task refuses such a task; the search refuses it too
+    from acdc_lite.search import SearchError
+    from acdc_lite.task import task_from_file
 
     model = load_model(setup / "model")
-    circuit = discover(model, task_from_jsonl(same, model), method="acdc", progress=False)
-    circuit.save(tmp_path / "c.json")
-    saved = json.loads((tmp_path / "c.json").read_text())
-    assert saved["metrics"]["faithfulness"] is None and saved["edges"] == {}
+    for method, tau in (("acdc", None), ("acdc", 0.01), ("eap", None)):
+        with pytest.raises(SearchError, match="nothing separates"):
+            discover(model, task_from_file(same, model), method=method, tau=tau, progress=False)
 
 
 def test_version_flag_command_and_python_m_agree():

@@ -34,10 +34,12 @@ def test_acdc_at_tau_zero_keeps_what_matters(small_model, toy_task):
     assert bool((res.kept | ~matters).all())
 
 
-def test_acdc_removes_everything_when_corrupt_equals_clean(small_model, toy_task):
+def test_search_refuses_when_corrupt_equals_clean(small_model, toy_task):
+    """Every edge would go and the empty circuit would look 'faithful': refused instead of an empty circuit."""
     same = Task("same", toy_task.clean, toy_task.clean.clone(), toy_task.answers, toy_task.foils)
-    res = search(small_model, same, "acdc", tau=1e-6, progress=False)
-    assert res.n_edges == 0
+    for method, tau in (("acdc", 1e-6), ("acdc", None), ("hybrid", None), ("exact", None)):
+        with pytest.raises(SearchError, match="nothing separates"):
+            search(small_model, same, method, tau=tau, progress=False)
 
 
 @pytest.mark.parametrize("method,at", [("acdc", 25), ("hybrid", 12), ("exact", 5), ("head-pruning", 4)])

@@ -90,21 +90,31 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", *, tau: float |
         needs_tau = method in ("acdc", "head-pruning", "hisp", "hybrid")
         if needs_tau and tau is None:
             full, empty = float(ctx.evaluate(ctx.graph.full_mask())), float(ctx.evaluate(ctx.graph.empty_mask()))
-            if abs(full - empty) < 1e-9:
-                log.warning("metric %s is %.4g with every edge kept and with every edge ablated: nothing separates them, "
-                            "so every edge will go; check the corrupted prompts, or pick another --metric", metric, full)
+            _refuse_constant_metric(metric, full, empty)  # before any search: nothing would be explained
             tau = default_tau(method, metric, full, empty)
             log.info("tau defaults to %.4g", tau)
         if method == "acdc":
-            return acdc.run(ctx, acdc.ACDCConfig(tau=tau, checkpoint=checkpoint, shuffle_seed=shuffle_seed, progress=progress))
-        if method == "head-pruning":
-            return head_pruning.run(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress,
-                                                                        checkpoint=checkpoint))
-        if method == "hisp":
-            return head_pruning.hisp(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress))
-        if method == "hybrid":
-            return hybrid.run(ctx, hybrid.HybridConfig(tau=tau, ig_steps=ig_steps, progress=progress, checkpoint=checkpoint))
-        return _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, progress, checkpoint)
+            result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, checkpoint=checkpoint, shuffle_seed=shuffle_seed, progress=progress))
+        elif method == "head-pruning":
+            result = head_pruning.run(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress,
+                                                                          checkpoint=checkpoint))
+        elif method == "hisp":
+            result = head_pruning.hisp(ctx, head_pruning.HeadPruningConfig(tau=tau, include_mlps=include_mlps, progress=progress))
+        elif method == "hybrid":
+            result = hybrid.run(ctx, hybrid.HybridConfig(tau=tau, ig_steps=ig_steps, progress=progress, checkpoint=checkpoint))
+        else:
+            result = _scored(ctx, method, level, top_n, threshold, target_faithfulness, ig_steps, progress, checkpoint)
+        _refuse_constant_metric(metric, result.metric_full, result.metric_empty)  # with an explicit tau: after the search
+        return result
+
+
+def _refuse_constant_metric(metric: str, full: float, empty: float) -> None:
+    """SearchError when the metric is the same with every edge kept and every edge ablated: any circuit (the empty
+    one included) would 'explain' it, so a search result would mean nothing (e.g. KL on a one-output tracr program)."""
+    if abs(full - empty) <= 1e-9 * max(1.0, abs(full)):
+        raise SearchError(f"metric {metric} is {full:.4g} with every edge kept and with every edge ablated: nothing separates "
+                          "the clean from the ablated model, so no circuit can be found. Check that the corrupted prompts "
+                          "change the answer, or pick another --metric (e.g. l2 or proj for tracr programs)")
 
 
 def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_steps, progress, checkpoint) -> SearchResult:
@@ -117,6 +127,7 @@ def _scored(ctx: SearchContext, method, level, top_n, threshold, target, ig_step
         attr = attribution.exact(ctx, progress=progress, checkpoint=checkpoint)
     scores = attr.scores
     metric_empty = float(ctx.evaluate(graph.empty_mask()))
+    _refuse_constant_metric(ctx.metric_name, attr.metric_full, metric_empty)
     if level == "node":
         node_scores = scores.nan_to_num(0).sum(dim=1)  # a node's score: the sum over its outgoing edges
         scores = node_scores[:, None].expand_as(scores).masked_fill(~graph.valid, float("nan")).clone()
