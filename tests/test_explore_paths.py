@@ -129,7 +129,13 @@ def card_edges(card: dict) -> list[str]:
     return edges + [f"{a['head']}->logits" for a in gt if a["class"] in _OUTPUT_CLASSES]
 
 
-@pytest.mark.parametrize("name", zoo.names())
+def _head_class_cards() -> list[str]:
+    """Cards whose edges follow from head classes (the induction and IOI cards); the cards measured by patching
+    (greater-than, addition, GQA induction) claim their edges themselves and are checked by their own card tests."""
+    return [n for n in zoo.names() if all("head" in g for g in zoo.card(n).get("ground_truth", []))]
+
+
+@pytest.mark.parametrize("name", _head_class_cards())
 def test_zoo_card_edges_carry_the_gap(name):
     card = zoo.card(name)
     model = load_model(name)
