@@ -59,8 +59,16 @@ def _builtin_providers() -> None:
     tracr.register()
 
 
+def _builtin_renderers() -> None:
+    """Register the SVG drawing that notebooks show for a Circuit (run on the renderer registry's first lookup)."""
+    from acdc_lite.render import render_svg  # `acdc_lite.render` is the function (see _SHADOWED), not the module
+
+    _registry.CIRCUIT_RENDERERS.register("svg", render_svg)
+
+
 _registry.MODEL_SOURCES.add_plugin(_builtin_providers)
 _registry.TASK_SOURCES.add_plugin(_builtin_providers)
+_registry.CIRCUIT_RENDERERS.add_plugin(_builtin_renderers)
 
 # `acdc_lite.search`, `.validate`, `.render` and `.diff` are the functions, as they always were, although a
 # submodule of each name exists: importing the submodule must not rebind the package attribute to it.

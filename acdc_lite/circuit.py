@@ -1,12 +1,15 @@
 """`Circuit`: an immutable edge set with scores and provenance, saved as versioned JSON.
 
-File layout (schema_version 1): `schema_version`, `edge_convention`, `model` (name, architecture,
+File layout (schema_version 2): `schema_version`, `edge_convention`, `model` (name, architecture,
 n_layers, n_heads, has_mlp, parallel_attn_mlp, fingerprint), `task`, `method` (name, params),
 `ablation`, `edges` (kept edge name -> score), `nodes`, `metrics`, `provenance` (package and torch
 version, seed) and optionally `scores` (every edge's score, for rankings) and `roles` (head name -> role
 from the head detectors). Scores are signed: higher = more important to the clean behaviour. Nothing
 that varies between identical runs (seconds, machine) is in the file: the same inputs, seed and thread
 count give the same bytes; a run's cost goes to the run record `run.json` beside it (`acdc_lite.runs`).
+
+Versions: 2 stores scores at full precision (version 1 rounded them to 8 decimals, which tied small scores and
+changed rankings); version 1 files still load, as they are.
 
 Grouped-query attention: `model.n_kv_heads` (absent in older files: one k/v head per query head) and,
 when heads share k/v inputs, `kv_grouping`, which says how k/v edges are counted: one k and one v receiver
@@ -30,7 +33,9 @@ from acdc_lite.runs import write_atomic
 
 __all__ = ["Circuit", "CircuitError", "ModelRef", "write_atomic"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # what `Circuit.load` accepts; files are always written at SCHEMA_VERSION
+EDGE_COLUMNS = ("edge", "src", "dst", "port", "src_layer", "dst_layer", "score", "abs_score", "in_circuit")  # to_frame
 EDGE_CONVENTION = "eap-ig"  # edges between components; q/k/v-input -> head edges are implicit
 
 
@@ -52,7 +57,7 @@ class ModelRef:
     # how to load it again: kind (zoo, local, hub, registered, in-memory), the reference as given, the weight
     # processing and the measured equivalence with its source (see acdc_lite.models.ModelSource); where a model
     # came from is not part of which model it is (shape and fingerprint), so it does not count in ==
-    source: dict | None = field(default=None, compare=False)
+    source: dict | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelRef:
@@ -78,14 +83,14 @@ class ModelRef:
 
 
 def _clean_float(x: float | None) -> float | None:
-    """JSON-safe score: NaN (not measured) is stored as null."""
+    """JSON-safe score at full precision: NaN (not measured) is stored as null."""
     if x is None:
         return None
     x = float(x)
-    return None if math.isnan(x) else round(x, 8)
+    return None if math.isnan(x) else x
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Circuit:
     model: ModelRef
     edges: dict[str, float]  # kept edges -> score
@@ -155,6 +160,55 @@ class Circuit:
     def with_metrics(self, **metrics) -> Circuit:
         return replace(self, metrics={**self.metrics, **metrics})
 
+    def __repr__(self) -> str:
+        faithfulness = self.metrics.get("faithfulness")
+        parts = [repr(self.model.name), f"method={self.method.get('name', '?')!r}", f"edges={len(self.edges)}",
+                 f"nodes={len(self.nodes)}"]
+        if faithfulness is not None:
+            parts.append(f"faithfulness={faithfulness:.3f}")
+        if self.method.get("metric"):
+            parts.append(f"metric={self.method['metric']!r}")
+        return f"Circuit({', '.join(parts)})"
+
+    def _repr_svg_(self) -> str | None:
+        """The drawing, for notebooks (None, so the text repr shows, when no renderer or graphviz is available)."""
+        from acdc_lite.registry import CIRCUIT_RENDERERS
+
+        renderer = CIRCUIT_RENDERERS.get("svg")
+        try:
+            return None if renderer is None else renderer(self)
+        except RuntimeError:  # graphviz's dot missing or failing: fall back to the text repr
+            return None
+
+    def to_frame(self):
+        """pandas DataFrame, one row per scored edge (every edge if the circuit has a ranking, else the kept ones), best
+        |score| first; columns edge, src, dst, port, src_layer, dst_layer, score, abs_score, in_circuit."""
+        import pandas as pd
+
+        rows = []
+        for name, score in self.score_table().items():
+            e = Edge.parse(name)
+            s = float("nan") if score is None else float(score)
+            rows.append((name, str(e.src), str(e.dst), e.port.value, e.src.layer, e.dst.layer, s, abs(s), name in self.edges))
+        frame = pd.DataFrame(rows, columns=list(EDGE_COLUMNS))
+        return frame.sort_values(["abs_score", "edge"], ascending=[False, True], na_position="last").reset_index(drop=True)
+
+    def to_networkx(self):
+        """networkx MultiDiGraph of the kept edges (edge key = port, attribute score; isolated nodes dropped); model,
+        task, method, ablation and metrics in `g.graph`."""
+        g = self.graph.to_networkx(self.mask())
+        for name, score in self.edges.items():
+            e = Edge.parse(name)
+            g.edges[str(e.src), str(e.dst), e.port.value]["score"] = float("nan") if score is None else score
+        g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
+        g.graph.update({"model": asdict(self.model), "task": self.task, "method": self.method, "ablation": self.ablation,
+                        "metrics": self.metrics})
+        return g
+
+    def score_table(self) -> dict[str, float | None]:
+        """Every score the circuit knows: all edges' if it has a ranking, else the kept edges'."""
+        return {**(self.scores or {}), **{k: v for k, v in self.edges.items() if k not in (self.scores or {})}}
+
     # ---- checks -------------------------------------------------------------------------
     def check_model(self, model: nn.Module) -> None:
         """Raise CircuitError unless `model` has this circuit's shape and weights."""
@@ -198,9 +252,9 @@ class Circuit:
     def from_dict(cls, d: dict, source: str = "circuit") -> Circuit:
         check_circuit_fields(d, source)
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise CircuitError(f"{source} has schema_version {version!r}; this acdc-lite reads version {SCHEMA_VERSION}. "
-                               "Re-run discovery with this version, or use the acdc-lite that wrote it")
+        if version not in READABLE_VERSIONS:
+            raise CircuitError(f"{source} has schema_version {version!r}; this acdc-lite reads versions "
+                               f"{', '.join(map(str, READABLE_VERSIONS))}. Use the acdc-lite that wrote it, or re-run discovery")
         if d.get("edge_convention", EDGE_CONVENTION) != EDGE_CONVENTION:
             raise CircuitError(f"{source} uses edge convention {d['edge_convention']!r}, not {EDGE_CONVENTION!r}")
         try:

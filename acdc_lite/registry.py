@@ -5,6 +5,7 @@ provides it. Who fills what:
 - `MODEL_SOURCES` and `TASK_SOURCES`: families of model / task names, each deciding which names are its own
   (`acdc_lite.tracr.register()` adds the `tracr-<program>` family). `load_model` and `load_task` ask them
   before their own rules.
+- `CIRCUIT_RENDERERS`: format -> drawing function, for `Circuit._repr_svg_` (`acdc_lite.render` fills "svg").
 - Plugins: `acdc_lite/__init__.py` adds to MODEL_SOURCES and TASK_SOURCES one plugin, a function that imports
   the built-in providers (tracr) and calls their `register()`. A registry runs its plugins once, on its first
   lookup (or listing), so importing a low-level module registers nothing and costs nothing; a user adds
@@ -112,3 +113,5 @@ def claiming(registry: Registry[T], name: str) -> T | None:
 
 MODEL_SOURCES: Registry[ModelSource] = Registry("model source")
 TASK_SOURCES: Registry[TaskSource] = Registry("task source")
+# format name -> function(circuit) -> text; `Circuit._repr_svg_` draws notebooks' circuits with "svg" (filled by render)
+CIRCUIT_RENDERERS: Registry[Callable[[Any], str]] = Registry("circuit renderer")

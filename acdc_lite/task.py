@@ -50,7 +50,7 @@ def _lengths(ids: torch.Tensor) -> torch.Tensor:
     return (ids >= 0).sum(1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Task:
     """N examples padded to P tokens; answers/foils are [N, K] id sets padded with -1 (alternatives, any of
     which is right). attention_mask [N, P] is True at real tokens (default: all). answer_seqs / foil_seqs
@@ -98,6 +98,14 @@ class Task:
         self._check_positions()
         if self.default_metric not in self.metric_names:
             self._resolve_metric(self.default_metric)
+
+    def __repr__(self) -> str:
+        padded = int((~self.attention_mask).sum())
+        parts = [repr(self.name), f"examples={len(self)}", f"tokens={self.seq_len}", f"metric={self.default_metric!r}",
+                 f"answers_per_example={self.answers.shape[1]}", f"foils={'yes' if self.foils is not None else 'no'}"]
+        if padded:
+            parts.append(f"padding={self.padding_side.value} ({padded} pad tokens)")
+        return f"Task({', '.join(parts)})"
 
     def _check_positions(self) -> None:
         rows = torch.arange(len(self))

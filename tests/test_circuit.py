@@ -85,3 +85,64 @@ def test_unmeasured_scores_round_trip_as_null(small_model, tmp_path):
     back = Circuit.load(tmp_path / "nan.json")
     assert back == c and any(v is None for v in back.edges.values())
     assert torch.equal(back.score_tensor().isnan(), c.score_tensor().isnan())
+
+
+def test_version_1_files_load_and_save_as_version_2(small_model, tmp_path):
+    c = make_circuit(small_model)
+    old = c.to_dict()
+    old["schema_version"] = 1
+    old["edges"] = {k: round(v, 8) for k, v in old["edges"].items()}  # version 1 rounded scores
+    old["scores"] = {k: None if v is None else round(v, 8) for k, v in old["scores"].items()}
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    back = Circuit.load(tmp_path / "v1.json")
+    assert set(back.edges) == set(c.edges)
+    assert back.edges == old["edges"]
+    back.save(tmp_path / "v2.json")
+    assert json.loads((tmp_path / "v2.json").read_text())["schema_version"] == 2
+
+
+def test_scores_keep_full_precision_so_rankings_survive_a_file(small_model, tmp_path):
+    graph = ModelGraph.from_model(small_model)
+    # scores that differ only past the 8th decimal: rounding would tie them all
+    scores = (1e-9 * torch.arange(graph.valid.numel(), dtype=torch.float64).reshape(graph.valid.shape)) * graph.valid
+    c = Circuit.from_mask(ModelRef.of(small_model), graph.valid, scores)
+    back = Circuit.load(c.save(tmp_path / "c.json"))
+    assert back.scores == c.scores
+    values = [v for v in back.scores.values() if v]
+    assert len(set(values)) == len(values) == graph.n_edges() - 1  # all distinct (the first edge scores 0)
+    assert torch.equal(back.score_tensor().nan_to_num(), c.score_tensor().nan_to_num())
+
+
+def test_repr_is_short_and_says_what_the_circuit_is(small_model):
+    c = make_circuit(small_model)
+    text = repr(c)
+    assert text == f"Circuit('{c.model.name}', method='test', edges={len(c.edges)}, nodes={len(c.nodes)}, " \
+                   "faithfulness=0.930)"
+    assert len(text) < 120 and len(c.to_json()) > 1000
+    assert "source" not in repr(c.model)
+
+
+def test_frame_and_networkx_views_agree_with_the_circuit(small_model):
+    c = make_circuit(small_model)
+    frame = c.to_frame()
+    assert len(frame) == len(c.scores) and int(frame["in_circuit"].sum()) == len(c.edges)
+    assert frame["abs_score"].is_monotonic_decreasing
+    row = frame.set_index("edge").loc[next(iter(c.edges))]
+    assert row["score"] == c.edges[next(iter(c.edges))] and bool(row["in_circuit"])
+    g = c.to_networkx()
+    assert g.number_of_edges() == len(c.edges)
+    assert {float(d["score"]) for *_, d in g.edges(data=True)} == {float(v) for v in c.edges.values()}
+    assert g.graph["metrics"]["faithfulness"] == 0.93
+
+
+def test_notebook_svg(small_model):
+    from acdc_lite.render import RenderError, require_dot
+
+    c = make_circuit(small_model)
+    try:
+        require_dot()
+    except RenderError:
+        assert c._repr_svg_() is None  # no graphviz: notebooks fall back to the text repr
+        return
+    svg = c._repr_svg_()
+    assert "<svg" in svg and "</svg>" in svg

@@ -19,8 +19,8 @@ def known(x) -> bool:
 
 
 def score_table(circuit: Circuit) -> dict[str, float | None]:
-    """Every score the circuit knows: all edges' if it has a ranking, else the kept edges'."""
-    return {**(circuit.scores or {}), **{k: v for k, v in circuit.edges.items() if k not in (circuit.scores or {})}}
+    """Every score the circuit knows: all edges' if it has a ranking, else the kept edges' (`Circuit.score_table`)."""
+    return circuit.score_table()
 
 
 def header(circuit: Circuit) -> dict:

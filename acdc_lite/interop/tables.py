@@ -24,6 +24,7 @@ import networkx as nx
 import pandas as pd
 import torch
 
+from acdc_lite.circuit import EDGE_COLUMNS as CIRCUIT_EDGE_COLUMNS
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef, write_atomic
 from acdc_lite.graph import Edge, Node, NodeKind
 from acdc_lite.interop.common import dense, from_dense, header, header_json, rebuild, score_table
@@ -36,14 +37,8 @@ _CSV_HEADER = "# acdc-lite circuit "
 
 # ---- networkx -------------------------------------------------------------------------------------
 def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
-    """Kept edges as a MultiDiGraph (edge key = port, attribute score); model and task in g.graph."""
-    g = circuit.graph.to_networkx(circuit.mask())
-    for (u, v, key), score in ((_nx_key(Edge.parse(n)), s) for n, s in circuit.edges.items()):
-        g.edges[u, v, key]["score"] = float("nan") if score is None else score
-    g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
-    g.graph.update({"model": asdict(circuit.model), "task": circuit.task, "method": circuit.method,
-                    "ablation": circuit.ablation, "metrics": circuit.metrics})
-    return g
+    """Kept edges as a MultiDiGraph (edge key = port, attribute score); model and task in g.graph (`Circuit.to_networkx`)."""
+    return circuit.to_networkx()
 
 
 def _nx_key(e: Edge) -> tuple[str, str, str]:
@@ -103,19 +98,12 @@ def from_dot(text: str, model: ModelRef | None = None, **fields) -> Circuit:
 
 
 # ---- pandas ---------------------------------------------------------------------------------------
-EDGE_COLUMNS = ["edge", "src", "dst", "port", "src_layer", "dst_layer", "score", "abs_score", "in_circuit"]
+EDGE_COLUMNS = list(CIRCUIT_EDGE_COLUMNS)
 
 
 def edges_frame(circuit: Circuit) -> pd.DataFrame:
-    """One row per scored edge (every edge if the circuit has a ranking, else the kept ones), best |score| first."""
-    kept = set(circuit.edges)
-    rows = []
-    for name, score in score_table(circuit).items():
-        e = Edge.parse(name)
-        s = float("nan") if score is None else float(score)
-        rows.append((name, str(e.src), str(e.dst), e.port.value, e.src.layer, e.dst.layer, s, abs(s), name in kept))
-    df = pd.DataFrame(rows, columns=EDGE_COLUMNS)
-    return df.sort_values(["abs_score", "edge"], ascending=[False, True], na_position="last").reset_index(drop=True)
+    """One row per scored edge, best |score| first (`Circuit.to_frame`)."""
+    return circuit.to_frame()
 
 
 def from_frame(df: pd.DataFrame, model: ModelRef, **fields) -> Circuit:

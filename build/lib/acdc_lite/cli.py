@@ -1,0 +1,556 @@
+"""acdc-lite command line: parse, one library call, write. Run `acdc-lite --help` (or `python -m acdc_lite`).
+
+Every command imports the library (and so torch) inside its body: `--help`, `--version`, `version`,
+`tasks list` and `zoo list` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Automated circuit discovery for transformer language models.")
+zoo_app = typer.Typer(no_args_is_help=True, help="Models shipped with acdc-lite.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Built-in tasks.")
+app.add_typer(zoo_app, name="zoo")
+app.add_typer(tasks_app, name="tasks")
+explore_app = typer.Typer(no_args_is_help=True, help="Look at a model on a task: activation-patching sweeps, path patching, "
+                                                     "head detectors, logit lens, neurons.")
+app.add_typer(explore_app, name="explore")
+
+STATE = {"debug": False}
+
+
+def _version_text() -> str:
+    from acdc_lite import __version__
+
+    return json.dumps({"acdc-lite": __version__, "python": sys.version.split()[0]})
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    STATE["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(error: BaseException, code: int = 1) -> None:
+    """One clear line on stderr and the exit code (2: usage, 1: the rest); a traceback only with --debug."""
+    if STATE["debug"]:
+        raise error
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code)
+
+
+def _number(x) -> str:
+    return "n/a (the metric is the same for the full and the ablated model)" if x is None else f"{x:.3f}"
+
+
+def _guard(fn):
+    from acdc_lite.boundary import UsageError
+    from acdc_lite.runs import Terminated
+
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt as e:
+        if STATE["debug"]:
+            raise
+        typer.echo("interrupted" + (" (SIGTERM)" if isinstance(e, Terminated) else "")
+                   + "; a checkpointing run continues with the same options plus --resume", err=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    except UsageError as e:
+        _fail(e, 2)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError, FloatingPointError, ImportError, OSError) as e:
+        _fail(e)
+    except Exception as e:  # a bug: still one line, the traceback with --debug
+        _fail(RuntimeError(f"internal error {type(e).__name__}: {e}; re-run with --debug for the traceback and report it"))
+
+
+@app.command()
+def discover(
+    model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name, or a .jsonl / .csv task file."),
+    method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
+    tau: float | None = typer.Option(None, help="Pruning threshold (metric units; default depends on method)."),
+    metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl | seq_logprob | seq_logit_diff "
+                                                      "| a registered name | module:function"),
+    ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
+    level: str | None = typer.Option(None, help="edge | node"),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Number of prompts."),
+    seed: int | None = typer.Option(None, help="Random seed (task sampling, search order)."),
+    device: str | None = typer.Option(None, help="Torch device, e.g. cpu or cuda:0."),
+    dtype: str | None = typer.Option(None, help="float32 | float64 | bfloat16 | float16"),
+    top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
+    processing: str | None = typer.Option(None, help="Weight processing of a Hugging Face model: none (default: the "
+                                                     "checkpoint's own function) | fold-ln | transformer-lens."),
+    offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub (as HF_HUB_OFFLINE=1)."),
+    out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
+    resume: bool = typer.Option(False, "--resume", help="acdc, hybrid, exact, head-pruning: continue an interrupted "
+                                "run from OUT/checkpoint.json."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in OUT."),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", min=0,
+                                           help="Seconds between checkpoints (also saved on Ctrl-C and SIGTERM)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Find a circuit and write OUT/circuit.json, circuit.svg, config.json and the run record run.json.
+
+    Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
+    """
+    from acdc_lite.pipeline import DiscoverConfig, discover_into
+
+    def job():
+        cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
+                                     ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
+                                     dtype=dtype, top_n=top_n, processing=processing, offline=offline or None)
+        result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every)
+        c = result.circuit
+        typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
+                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.cost['seconds']:.1f} s, "
+                   f"{c.cost['forward_passes']:.0f} forward passes")
+        if result.svg_problem:
+            typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
+        typer.echo(f"wrote {out}/: circuit.json, {'circuit.svg, ' if result.svg else ''}config.json, run.json")
+
+    _guard(job)
+
+
+@app.command()
+def validate(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model, found again from its file."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's task, found again from its file."),
+    n_examples: int | None = typer.Option(None, "--n-examples", help="Default: as many as the circuit was found with."),
+    seed: int | None = typer.Option(None, help="Task sampling and random-baseline seed (default: the circuit's)."),
+    processing: str | None = typer.Option(None, help="Weight processing: none | fold-ln | transformer-lens "
+                                                     "(default: the circuit's)."),
+    offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON report here (and its run record "
+                                    "beside it, OUT with .run.json)."),
+    plot: bool = typer.Option(False, "--plot", help="Draw the faithfulness curve, per-example histogram and edge necessity."),
+    plot_dir: Path | None = typer.Option(None, "--plot-dir", help="Where --plot writes (default: CIRCUIT's folder/validation)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (--json shows none either)."),
+):
+    """Check a circuit by ablation: faithfulness, completeness, minimality, curves, random baseline.
+
+    With no options the model and task are found again from the circuit file (local paths relative to it).
+    Example: acdc-lite validate runs/discover/circuit.json --json --plot
+    """
+    def job():
+        from acdc_lite.circuit import write_atomic
+        from acdc_lite.rerun import rerun
+        from acdc_lite.runs import RunRecord, check_output_file, interruptible
+        from acdc_lite.validate import validate as run_validate
+
+        if out is not None:
+            check_output_file(out)
+        settings = {"circuit": str(circuit), "model": model, "task": task, "n_examples": n_examples, "seed": seed,
+                    "processing": processing, "offline": offline}
+        record = RunRecord(out.parent, "validate", settings, name=out.stem + ".run.json").start() if out else None
+        with interruptible():
+            r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed, processing=processing,
+                      offline=offline or None)
+            report = run_validate(r.model, r.task, r.circuit, metric=r.metric, seed=seed or 0,
+                                  progress=not (quiet or as_json))
+        text = json.dumps(report.to_dict(), indent=1)
+        if out is not None:
+            write_atomic(out, text + "\n")
+            record.finish("finished", report.forward_passes)
+        typer.echo(text if as_json else report.summary())
+        if plot:
+            from acdc_lite.explore.commands import plot_validation
+
+            files = plot_validation(report, plot_dir or circuit.parent / "validation")
+            typer.echo("wrote " + ", ".join(str(f) for f in files), err=as_json)
+
+    _guard(job)
+
+
+def _roles_file(path: Path | None) -> dict[str, str] | None:
+    """{node: role} from a JSON file (an object of node name -> role), or None when no file is given."""
+    if path is None:
+        return None
+    try:
+        roles = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"roles file {path}: not a readable JSON file ({e})") from e
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in roles.items()):
+        raise ValueError(f"roles file {path}: expected a JSON object of node name -> role, e.g. {{\"a1.h0\": \"induction\"}}")
+    return roles
+
+
+def _necessary_edges(report: Path | None) -> frozenset[str]:
+    """Edges a `validate --json` report measured as necessary (|necessity| >= its tolerance)."""
+    if report is None:
+        return frozenset()
+    try:
+        d = json.loads(report.read_text(encoding="utf-8"))
+        m = d["minimality"]
+        return frozenset(e for e, v in m["edge_necessity"].items() if v is not None and abs(v) >= m["tol"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"report {report}: not a validation report with minimality (acdc-lite validate CIRCUIT "
+                         f"--json --out REPORT) ({type(e).__name__}: {e})") from e
+
+
+@app.command()
+def render(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output file (default: CIRCUIT with the format's suffix)."),
+    fmt: str = typer.Option("svg", "--format", "-f", help="svg | dot | png"),
+    level: str = typer.Option("auto", help="edge (q/k/v ports) | node (one edge per pair of components) | auto (node above "
+                                           "--merge-above edges)"),
+    max_edges: int | None = typer.Option(None, "--max-edges", help="Draw only the strongest N edges (necessary ones always)."),
+    merge_above: int = typer.Option(150, "--merge-above", help="With --level auto, draw node-level above this many edges."),
+    direction: str = typer.Option("BT", help="BT (input at the bottom) | TB (input at the top)"),
+    roles: Path | None = typer.Option(None, "--roles", help="JSON file {node: role}, over the circuit's and the zoo card's."),
+    no_roles: bool = typer.Option(False, "--no-roles", help="Draw no roles."),
+    detect_roles: bool = typer.Option(False, "--detect-roles", help="Run the head detectors on the circuit's model "
+                                      "and task (for circuits saved without roles; discover stores them)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="With --detect-roles: the model (default: the circuit's)."),
+    report: Path | None = typer.Option(None, "--report", help="A `validate --json` report: its necessary edges are never faded."),
+):
+    """Draw a circuit. Example: acdc-lite render runs/discover/circuit.json -o circuit.svg --level node"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.render import display_roles, render_file
+
+        if max_edges is not None and max_edges < 1:
+            raise ValueError(f"--max-edges must be at least 1, got {max_edges}")
+        c = Circuit.load(circuit)
+        if detect_roles:
+            from acdc_lite.pipeline import with_detected_roles
+            from acdc_lite.rerun import rerun
+
+            r = rerun(circuit, model=model)
+            r.circuit.check_model(r.model)
+            c = with_detected_roles(c, r.model, r.task)
+        drawn_roles = {} if no_roles else {**display_roles(c), **(_roles_file(roles) or {})}
+        path = render_file(c, out or circuit.with_suffix("." + fmt), fmt, roles=drawn_roles, level=level, max_edges=max_edges,
+                           merge_above=merge_above, direction=direction, necessary=_necessary_edges(report))
+        typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@app.command()
+def diff(
+    a: Path = typer.Argument(..., help="First circuit.json."),
+    b: Path = typer.Argument(..., help="Second circuit.json (same or another model)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the drawing of the difference (SVG) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    roles_a: Path | None = typer.Option(None, "--roles-a", help="JSON file {node: role} for A (default: A's own roles)."),
+    roles_b: Path | None = typer.Option(None, "--roles-b", help="JSON file {node: role} for B (default: B's own roles)."),
+):
+    """Compare two circuits, of one model or of two; roles label the drawing and align heads across models.
+
+    Example: acdc-lite diff runs/a/circuit.json runs/b/circuit.json -o d.svg
+    """
+    def job():
+        from acdc_lite.circuit import write_atomic
+        from acdc_lite.diff import diff as run_diff
+
+        d = run_diff(a, b, roles_a=_roles_file(roles_a), roles_b=_roles_file(roles_b))
+        if out is not None:
+            write_atomic(out, d.to_svg())
+        summary = d.to_dict()
+        typer.echo(d.to_json() if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items() if not isinstance(v, (list, dict))))
+
+    _guard(job)
+
+
+@app.command("export")
+def export_cmd(
+    circuit: Path = typer.Argument(..., help="A circuit.json file."),
+    fmt: str = typer.Option(..., "--format", "-f", help="eap-json | eap-pt | mib | auto-circuit | circuit-tracer | safetensors "
+                                                        "| graphml | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (a folder for mib, and optionally for circuit-tracer)."),
+    mib_task: str | None = typer.Option(None, "--mib-task", help="mib: MIB task name (ioi, mcqa, arithmetic-addition, ...)."),
+    mib_model: str | None = typer.Option(None, "--mib-model", help="mib: MIB model name (gpt2, qwen2.5, gemma2, llama3)."),
+    mib_file: str = typer.Option("json", "--mib-file", help="mib: json | pt"),
+    several: bool = typer.Option(False, "--several", help="mib: nine circuits at 0.1-50%% of the edges instead of one importance file."),
+):
+    """Write a circuit in another tool's format. Example: acdc-lite export runs/a/circuit.json --format eap-json -o graph.json"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.interop import export_circuit, get_format
+
+        get_format(fmt)
+        mib_options = {"mib-task": mib_task, "mib-model": mib_model}
+        if fmt == "mib":
+            missing = [f"--{k}" for k, v in mib_options.items() if v is None]
+            if missing:
+                raise ValueError(f"--format mib needs {' and '.join(missing)} (MIB's task and model names, e.g. --mib-task ioi "
+                                 "--mib-model gpt2)")
+        else:
+            given = [f"--{k}" for k, v in mib_options.items() if v is not None] + (["--several"] if several else [])
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to --format mib")
+        c = Circuit.load(circuit)
+        options = {"task": mib_task, "model": mib_model, "fmt": mib_file, "several": several} if fmt == "mib" else {}
+        written = export_circuit(c, out, fmt, **options)
+        for path in written if isinstance(written, list) else [written]:
+            typer.echo(f"wrote {path}")
+
+    _guard(job)
+
+
+@app.command("import")
+def import_cmd(
+    source: Path = typer.Argument(..., help="A file in another tool's format."),
+    fmt: str = typer.Option(..., "--format", "-f", help="eap-json | eap-pt | auto-circuit | safetensors | graphml | csv"),
+    out: Path = typer.Option(..., "--out", "-o", help="The circuit.json to write."),
+    like: Path | None = typer.Option(None, "--like", help="A circuit.json of the same model: its model description is used "
+                                                          "(needed for auto-circuit files and CSV without our header)."),
+    top_n: int | None = typer.Option(None, "--top-n", help="auto-circuit: keep the N edges with the largest |score| "
+                                                           "(default: every nonzero score)."),
+):
+    """Read a circuit from another tool's format. Example: acdc-lite import graph.json --format eap-json -o circuit.json"""
+    def job():
+        from acdc_lite.circuit import Circuit
+        from acdc_lite.interop import import_circuit
+
+        if top_n is not None and fmt != "auto-circuit":
+            raise ValueError("--top-n only applies to --format auto-circuit")
+        if top_n is not None and top_n < 1:
+            raise ValueError(f"--top-n must be at least 1, got {top_n}")
+        options = {}
+        if like is not None:
+            options["model"] = Circuit.load(like).model
+        if fmt == "auto-circuit":
+            if like is None:
+                raise ValueError("auto-circuit files hold scores only: give --like CIRCUIT (a circuit of the same model)")
+            options["top_n"] = top_n
+        c = import_circuit(source, fmt, **options)
+        c.save(out)
+        typer.echo(f"wrote {out}: {len(c.edges)} edges of a {c.model.n_layers}-layer, {c.model.n_heads}-head model")
+
+    _guard(job)
+
+
+def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n_examples: int | None, seed: int | None):
+    """(model, task, circuit or None): from the options, else from the circuit, else the discover defaults."""
+    from acdc_lite.models import load_model
+    from acdc_lite.pipeline import DEFAULT_MODEL, DEFAULT_TASK
+    from acdc_lite.rerun import rerun
+    from acdc_lite.task import load_task
+
+    if circuit is not None:
+        r = rerun(circuit, model=model, task=task, n_examples=n_examples, seed=seed)
+        return r.model, r.task, r.circuit
+    hooked = load_model(model or DEFAULT_MODEL)
+    return hooked, load_task(task or DEFAULT_TASK, hooked, n_examples=n_examples or 64, seed=seed or 0), None
+
+
+_EXPLORE_MODEL = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name (default: the "
+                              "circuit's, else discover's default).")
+_EXPLORE_TASK = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file (default: the circuit's).")
+_EXPLORE_N = typer.Option(None, "--n-examples", help="Number of prompts (default 64, or the circuit's).")
+_EXPLORE_SEED = typer.Option(None, help="Task sampling seed (default 0, or the circuit's).")
+
+
+@explore_app.command("heads")
+def explore_heads(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int | None = _EXPLORE_SEED,
+    prompts: str = typer.Option("0,1", help="Comma-separated prompt indices for the attention figures."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Interactive attention pages (needs circuitsvis)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Head detectors (scores, roles, attention patterns) into OUT with an index.
+
+    Example: acdc-lite explore heads --model ioi-attn-2l --task ioi --out runs/heads
+    """
+    def job():
+        from acdc_lite.explore.views import write_heads
+
+        try:
+            chosen = tuple(int(p) for p in prompts.split(",") if p.strip())
+        except ValueError as e:
+            raise ValueError(f"--prompts must be comma-separated integers, got {prompts!r}") from e
+        hooked, t, _ = _explore_inputs(model, task, None, n_examples, seed)
+        paths = write_heads(hooked, t, out, prompts=chosen, html=html)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+
+    _guard(job)
+
+
+@explore_app.command("lens")
+def explore_lens(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int | None = _EXPLORE_SEED,
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="Attribute to this circuit's components."),
+    metric: str | None = typer.Option(None, help="Lens metric (default: logit_diff, or logprob with no foils)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Logit lens across layers and direct logit attribution per component into OUT with an index.
+
+    Example: acdc-lite explore lens --model induction-gpt2-2l --task induction --out runs/lens
+    """
+    def job():
+        from acdc_lite.explore.views import write_lens
+
+        hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
+        paths = write_lens(hooked, t, out, circuit=c, metric=metric)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+
+    _guard(job)
+
+
+@explore_app.command("neurons")
+def explore_neurons(
+    model: str | None = _EXPLORE_MODEL, task: str | None = _EXPLORE_TASK, n_examples: int | None = _EXPLORE_N,
+    seed: int | None = _EXPLORE_SEED,
+    mlp: list[str] = typer.Option([], "--mlp", help="MLP to view (m0, m1, ...; repeatable). Default: the circuit's "
+                                  "MLPs, else the last layer's."),
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="View this circuit's MLPs."),
+    top_k: int = typer.Option(10, "--top-k", help="Neurons to patch exactly and list."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+):
+    """Top neurons of MLPs by effect on the metric, with their top-activating prompts, into OUT with an index.
+
+    Example: acdc-lite explore neurons --model induction-gpt2-2l --task induction --mlp m1 --out runs/neurons
+    """
+    def job():
+        from acdc_lite.explore.views import write_neurons
+
+        if top_k < 1:
+            raise ValueError(f"--top-k must be at least 1, got {top_k}")
+        hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
+        paths = write_neurons(hooked, t, out, mlps=mlp or None, circuit=c, top_k=top_k)
+        typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+
+    _guard(job)
+
+
+@app.command()
+def benchmark(
+    suite: str = typer.Argument("zoo", help="zoo | tracr | gpt2 | scale"),
+    out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="Directory for SUITE.md and SUITE.csv."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+    methods: str | None = typer.Option(None, help="Comma-separated methods (default: the suite's)."),
+):
+    """Run the search methods on a ground-truth suite and write a results table (markdown + CSV).
+
+    Example: acdc-lite benchmark zoo --out benchmarks
+    """
+    def job():
+        from acdc_lite.benchmark import SUITES, write_table
+
+        if suite not in SUITES:
+            raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+        kwargs = {"methods": methods.split(",")} if methods else {}
+        rows = SUITES[suite](seed=seed, **kwargs)
+        notes = [f"Written by `acdc-lite benchmark {suite}` ({SUITES[suite].__doc__.splitlines()[0]})",
+                 "Columns: see the module docstring of acdc_lite/benchmark.py."]
+        md, csv = write_table(rows, out, suite, f"Benchmark: {suite}", notes)
+        typer.echo(f"wrote {md} and {csv}")
+
+    _guard(job)
+
+
+@explore_app.command("patch")
+def explore_patch(
+    model: str = typer.Option("induction-attn-2l", "--model", "-m", help="Zoo name, local model directory, or hub name."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task or JSONL file (default: a zoo model's task)."),
+    out: Path = typer.Option(Path("runs/explore"), "--out", "-o", help="Output directory."),
+    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: resid_pre, attn_out, mlp_out, head_out, "
+                                     "head_q, head_k, head_v, head_pattern (default: all)."),
+    direction: str = typer.Option("both", help="both | denoise (clean into corrupt) | noise (corrupt into clean)"),
+    metric: str | None = typer.Option(None, help="Default: the task's."),
+    n_examples: int = typer.Option(64, "--n-examples", help="Number of prompts."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+):
+    """Activation-patching sweeps: heatmaps (PNG, SVG), CSV tables and OUT/index.md.
+
+    Example: acdc-lite explore patch --model ioi-attn-2l --task ioi --kinds resid_pre,head_out --out runs/patch
+    """
+    def job():
+        from acdc_lite.explore.commands import run_patch
+
+        files = run_patch(model, task, out, kinds=kinds, direction=direction, metric=metric, n_examples=n_examples, seed=seed)
+        typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
+
+    _guard(job)
+
+
+@explore_app.command("paths")
+def explore_paths(
+    model: str | None = typer.Option(None, "--model", "-m", help="Default: the circuit's model."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Default: the circuit's (or a zoo model's) task."),
+    circuit: Path | None = typer.Option(None, "--circuit", "-c", help="A circuit.json: one row per edge of it."),
+    edge: list[str] = typer.Option([], "--edge", "-e", help="An edge name (repeatable), e.g. a0.h3->a1.h0<k>."),
+    out: Path = typer.Option(Path("runs/paths"), "--out", "-o", help="Output directory."),
+    ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional (default: the circuit's)."),
+    metric: str | None = typer.Option(None, help="Default: the circuit's or the task's."),
+    n_examples: int = typer.Option(64, "--n-examples", help="Number of prompts."),
+    seed: int = typer.Option(0, help="Task sampling seed."),
+):
+    """Path patching: each edge's effect as a share of the clean-corrupt gap (CSV, bars, OUT/index.md).
+
+    Example: acdc-lite explore paths --circuit runs/default/circuit.json --out runs/paths
+    """
+    def job():
+        from acdc_lite.explore.commands import run_paths
+
+        files = run_paths(model, task, out, circuit=circuit, edges=edge, ablation=ablation, metric=metric,
+                          n_examples=n_examples, seed=seed)
+        typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
+
+    _guard(job)
+
+
+@zoo_app.command("list")
+def zoo_list():
+    """List shipped models with their ground-truth heads. Example: acdc-lite zoo list"""
+    from acdc_lite import zoo
+
+    for name in zoo.names():
+        card = zoo.card(name)
+        heads = ", ".join(f"{h.get('node', h.get('head'))} ({h['class']})" for h in card.get("ground_truth", []))
+        typer.echo(f"{name:24s} {heads}")
+
+
+@zoo_app.command("train")
+def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
+              out: Path | None = typer.Option(None, help="Write here instead of the package's zoo directory.")):
+    """Re-train a zoo model. Example: acdc-lite zoo train induction-attn-2l"""
+    def job():
+        from acdc_lite.zoo import ZOO_DIR, train
+
+        path = out or ZOO_DIR / name
+        _, card = train.train(name, seed=seed, out_dir=path)
+        heads = ", ".join(f"{h.get('node', h.get('head'))} ({h['class']})" for h in card.get("ground_truth", []))
+        typer.echo(f"wrote {path}; ground-truth heads: {heads}")
+
+    _guard(job)
+
+
+@tasks_app.command("list")
+def tasks_list():
+    """List built-in tasks. Example: acdc-lite tasks list"""
+    from acdc_lite.task import builtin_tasks
+
+    for name, description in builtin_tasks().items():
+        typer.echo(f"{name:14s} {description}")
+
+
+@app.command()
+def version():
+    """Print the version. Example: acdc-lite version"""
+    typer.echo(_version_text())

@@ -1,0 +1,68 @@
+"""Prompts of different lengths in one batch: padding, attention masks, and the one way to run a model on them.
+
+With causal attention, right padding leaves every real position exactly as it is alone (a position
+only sees earlier ones, and the pads come after every real token), so no mask is needed for it. Left
+padding shifts the real tokens, so the model needs an attention mask (pads are never attended) and
+position ids counted from the first real token; `forward` passes both (a `TransformerBridge` derives
+the position ids from the mask; `SmallTransformer` does the same itself). Whichever side, padded
+positions never enter a score, a mean or a metric: the masks here say which positions are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import torch
+from torch import nn
+
+
+class PaddingSide(str, Enum):
+    RIGHT = "right"
+    LEFT = "left"
+
+
+def padding_side_of(model: nn.Module) -> PaddingSide:
+    """The side the model's tokenizer pads on (right when it has no tokenizer, as for word vocabularies)."""
+    side = getattr(getattr(model, "tokenizer", None), "padding_side", None)
+    return PaddingSide(side) if side in ("left", "right") else PaddingSide.RIGHT
+
+
+def pad_id_of(model: nn.Module) -> int:
+    """A token id to fill padded positions with: the tokenizer's pad (else EOS) token, a word vocabulary's
+    `<pad>`, else 0. Its value never matters (padded positions are masked or come after every real one)."""
+    words = getattr(getattr(model, "cfg", None), "vocab", None)
+    if isinstance(words, (list, tuple)) and "<pad>" in words:
+        return words.index("<pad>")
+    tok = getattr(model, "tokenizer", None)
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tok, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def pad_rows(rows: Sequence[Sequence[int]], side: PaddingSide | str, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of any lengths -> tokens [N, P] and attention mask [N, P] (bool, True at real tokens)."""
+    side = PaddingSide(side)
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side is PaddingSide.RIGHT else slice(width - len(r), width)
+        tokens[i, sl] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, sl] = True
+    return tokens, mask
+
+
+def first_real(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first real position: mask [N, P] -> [N]."""
+    return mask.long().argmax(dim=1)
+
+
+def forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Logits [b, p, vocab] of `model` on `tokens` [b, p]; `attention_mask` [b, p] (True/1 at real tokens)
+    is passed on only when some position is padded (an all-real batch runs exactly as before)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return model(tokens, **kwargs)
+    return model(tokens, attention_mask=attention_mask.to(device=tokens.device, dtype=torch.long), **kwargs)

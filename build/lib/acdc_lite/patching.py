@@ -1,0 +1,463 @@
+"""One-pass edge patching: evaluate a model with any set of edges kept, and the mask gradient.
+
+Notation: S senders, R receivers (see `ModelGraph`), D_s = out_s - ablated_s, the difference between
+sender s's output in the running pass and its ablated value. With `kept` [S, R] in [0, 1],
+
+    input_r = resid_r - sum_s (1 - kept[s, r]) * D_s
+
+so kept = 1 everywhere is the clean model and kept = 0 everywhere feeds every receiver only ablated
+senders (the fully ablated model). One forward pass evaluates any edge set; a leading candidate
+dimension [C, S, R] evaluates C edge sets in one batched pass.
+
+Because input_r depends on kept[s, r] only through that sum (D_s is computed upstream of r),
+d metric / d kept[s, r] = <D_s, d metric / d input_r>: one backward pass to the receiver inputs
+gives the gradient for every edge (attribution patching) without differentiating through the mask.
+
+Grouped-query attention: a model's k and v inputs are shared by the query heads of a group, so a
+group's k (v) input takes the mean of its heads' corrections; in a binary mask the heads of a group
+must agree on their k/v edges (`ModelGraph.tie`; every search method and measure keeps them tied),
+and fractional masks, as in gradients, use the mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+
+from acdc_lite import hooks
+from acdc_lite.graph import ModelGraph
+from acdc_lite.padding import forward
+from acdc_lite.shape import model_info
+
+# metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Ablation(str, Enum):
+    RESAMPLE = "resample"  # the sender's output on the corrupted prompt (default)
+    ZERO = "zero"
+    MEAN = "mean"  # mean over corrupted prompts and their real (unpadded) positions
+    MEAN_POSITIONAL = "mean-positional"  # mean over corrupted prompts, per position (prompts of one length only)
+
+    @classmethod
+    def _missing_(cls, value):
+        """The field's other names: MIB's `patching` (= resample), `mean_positional` with an underscore."""
+        aliases = {"patching": cls.RESAMPLE, "corrupted": cls.RESAMPLE, "mean_positional": cls.MEAN_POSITIONAL}
+        return aliases.get(str(value).lower()) if isinstance(value, str) else None
+
+
+def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Hook output [b, p, d] or [b, p, n, d] -> [b, p, n, d]."""
+    return x if x.dim() == 4 else x.view(*x.shape[:2], size, x.shape[-1])
+
+
+@torch.no_grad()
+def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, batch_size: int = 64,
+                   attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Each sender group's output on `tokens` [b, p] (padded positions hidden by `attention_mask` [b, p]):
+    a list over `graph.sender_groups` of [b, p, n, d]."""
+    chunks: list[list[torch.Tensor]] = []
+    for start in range(0, len(tokens), batch_size):
+        store: dict[int, torch.Tensor] = {}
+
+        def make(i, size, store=store):
+            def hook(x, hook):
+                store[i] = _group_view(x, size).clone()
+            return hook
+
+        fwd = [(g.hook, make(i, g.size)) for i, g in enumerate(graph.sender_groups)]
+        mask = None if attention_mask is None else attention_mask[start:start + batch_size]
+        with model.hooks(fwd_hooks=fwd):
+            forward(model, tokens[start:start + batch_size], mask)
+        chunks.append([store[i] for i in range(len(graph.sender_groups))])
+    return [torch.cat(parts) for parts in zip(*chunks, strict=False)]
+
+
+def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.Tensor | None,
+                    ablation: Ablation | str = Ablation.RESAMPLE, batch_size: int = 64,
+                    attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Ablated value of every sender group: [b, p, n, d] (resample), [1, p, n, d] (mean-positional),
+    [1, 1, n, d] (mean, zero). Means are over the corrupted prompts' real positions (`attention_mask` [b, p],
+    True at real tokens; padded positions never enter a mean). Mean-positional ablation refuses prompts of
+    different lengths: a position index means a different token in each."""
+    ablation = Ablation(ablation)
+    if attention_mask is not None and ablation is Ablation.MEAN_POSITIONAL and not bool(attention_mask.all()):
+        lengths = attention_mask.sum(1)
+        raise ValueError(f"mean-positional ablation needs prompts of one length, and these have {int(lengths.min())} to "
+                         f"{int(lengths.max())} tokens; use --ablation mean (over real positions) or resample, or give "
+                         "prompts of one length")
+    if ablation is Ablation.ZERO:
+        info = model_info(model)
+        p = next(model.parameters())
+        return [torch.zeros(1, 1, g.size, info.d_model, device=p.device, dtype=p.dtype) for g in graph.sender_groups]
+    if corrupt_tokens is None:
+        raise ValueError(f"{ablation.value} ablation needs corrupted prompts")
+    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask)
+    if ablation is Ablation.MEAN:
+        if attention_mask is None:
+            return [o.mean(dim=(0, 1), keepdim=True) for o in outs]
+        real = attention_mask.to(outs[0].device)[:, :, None, None]  # [b, p, 1, 1]
+        n_real = real.sum()
+        return [torch.where(real, o, 0).sum(dim=(0, 1), keepdim=True) / n_real for o in outs]
+    if ablation is Ablation.MEAN_POSITIONAL:
+        return [o.mean(dim=0, keepdim=True) for o in outs]
+    return outs
+
+
+@dataclass
+class _Correction:
+    """What to subtract from the inputs of one hook's receiver columns: `base` [C*b, p, 1, d] (or None) from
+    every column, plus `values` [C*b, p, k, d] from the columns `columns` [k] (sorted)."""
+
+    base: torch.Tensor | None
+    columns: torch.Tensor
+    values: torch.Tensor
+
+    def subtract(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """x [C*b, p, n, d], the input of columns lo..hi, corrected. With grouped-query attention n is the
+        number of k/v groups: a group's input moves by the mean of its heads' corrections."""
+        group = (hi - lo) // x.shape[2]
+        a, b = torch.searchsorted(self.columns, torch.tensor([lo, hi])).tolist()
+        out = x if self.base is None else x - self.base
+        if a == b:
+            return out
+        values, index = self.values[:, :, a:b], (self.columns[a:b] - lo) // group
+        if group == 1 and b - a == x.shape[2]:
+            return out - values
+        if out is x:
+            return x.index_add(2, index, values, alpha=-1 / group)
+        return out.index_add_(2, index, values, alpha=-1 / group)
+
+
+@dataclass
+class _Pass:
+    """State of one patched forward pass over a chunk of examples (C candidates x b examples)."""
+
+    removed: torch.Tensor  # [C, S, R] float: 1 - kept, zero outside valid edges
+    n_candidates: int
+    deltas: torch.Tensor | None = None  # [C, S, b*p, d]: D_s of every sender, filled as senders fire
+    collect: bool = False  # keep receiver inputs for a backward pass
+    receiver_inputs: dict[int, torch.Tensor] | None = None  # first receiver column -> patched input
+    resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
+    ablated: list[torch.Tensor] | None = None  # per group, this chunk's rows: [b|1, p|1, n, d]
+    input_alpha: float | None = None  # run on ablated + alpha * (clean - ablated) input (integrated gradients)
+
+
+class EdgePatcher:
+    """Evaluate `model` on `clean_tokens` with any edge set kept and the rest ablated.
+
+    clean_tokens: [B, P]; ablated: from `ablated_outputs` (per-example tensors must have B rows).
+    attention_mask: [B, P], True at real tokens (None: no padding). Every pass runs with it, and mask
+    gradients leave padded positions out.
+    """
+
+    def __init__(self, model: nn.Module, graph: ModelGraph, clean_tokens: torch.Tensor,
+                 ablated: list[torch.Tensor], batch_size: int = 32, attention_mask: torch.Tensor | None = None):
+        if len(ablated) != len(graph.sender_groups):
+            raise ValueError("ablated outputs do not match the graph's sender groups")
+        for a in ablated:
+            if a.shape[0] not in (1, len(clean_tokens)):
+                raise ValueError(f"ablated outputs have {a.shape[0]} examples but there are {len(clean_tokens)} clean prompts")
+        if attention_mask is not None and attention_mask.shape != clean_tokens.shape:
+            raise ValueError(f"attention mask {tuple(attention_mask.shape)} does not match the prompts {tuple(clean_tokens.shape)}")
+        self.model, self.graph, self.tokens, self.ablated = model, graph, clean_tokens, ablated
+        self.attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        self.batch_size = batch_size
+        info = model_info(model)
+        if graph.kv_group != info.n_heads // info.n_kv_heads:
+            raise ValueError(f"the graph has {graph.n_kv_heads} k/v heads but the model {info.n_kv_heads}; "
+                             "build it with ModelGraph.from_model")
+        self.kv_group = graph.kv_group
+        self.supports_start = info.supports_start_at_layer
+        self.forward_passes = 0.0  # in units of one plain forward over all examples
+        self.backward_passes = 0.0
+
+    # ---- masks ----------------------------------------------------------------------------
+    def removed_weights(self, kept: torch.Tensor) -> torch.Tensor:
+        """kept [S, R] or [C, S, R] (bool or float) -> removed [C, S, R] float, zero outside valid edges."""
+        if kept.shape[-2:] != self.graph.valid.shape:
+            raise ValueError(f"mask shape {tuple(kept.shape)} does not match the graph's {tuple(self.graph.valid.shape)}")
+        p = next(self.model.parameters())
+        kept = kept.to(device=p.device, dtype=p.dtype)
+        removed = (1 - kept) * self.graph.valid.to(p.device)
+        removed = removed if removed.dim() == 3 else removed[None]
+        if self.kv_group > 1 and bool(((removed == 0) | (removed == 1)).all()):
+            self._check_kv_groups(removed)  # a binary circuit must not half-patch a shared k/v input
+        return removed
+
+    def _check_kv_groups(self, removed: torch.Tensor) -> None:
+        g, h = self.graph, self.graph.n_heads
+        for layer in range(g.n_layers):
+            for port_offset in (h, 2 * h):  # k and v columns
+                start = layer * g.receivers_per_layer + port_offset
+                cols = removed[..., start:start + h].unflatten(-1, (h // self.kv_group, self.kv_group))
+                if not torch.equal(cols, cols[..., :1].expand_as(cols)):
+                    raise ValueError(f"layer {layer}: heads sharing a k/v group (size {self.kv_group}) need equal k/v "
+                                     "masks; close the mask with graph.tie(mask)")
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def _correction(self, st: _Pass, cols: slice, n_senders: int, b: int, p: int, d: int) -> _Correction | None:
+        """sum_s removed[s, r] * D_s for the receiver columns `cols` of one hook, or None if nothing is removed.
+
+        All of the first `n_senders` senders feed every receiver in `cols`, so the sum also equals
+        sum_s D_s - sum_s (1 - removed[s, r]) * D_s. Whichever form has fewer senders with a non-zero
+        weight is used, and only those senders' rows of D and those receivers' columns are touched:
+        a circuit keeps few edges and an ACDC step removes few, so both cost far less than the dense product.
+        """
+        w = st.removed[:, :n_senders, cols]  # [C, S', n_cols]
+        removing = w.any(dim=2).any(dim=0)  # [S'] senders with a removed edge here, in any candidate
+        keeping = (w < 1).any(dim=2).any(dim=0)
+        n_removing, n_keeping = int(removing.sum()), int(keeping.sum())
+        if n_removing == 0:
+            return None
+        c = w.shape[0]
+        deltas = st.deltas[:, :n_senders].reshape(c, n_senders, -1)  # [C, S', b*p*d], a view
+        base = None
+        if n_keeping < n_removing:
+            base = deltas.sum(dim=1).view(c * b, p, 1, d)
+            w, rows = -(1 - w), keeping  # the correction is base minus the kept senders' sum
+        else:
+            rows = removing
+        columns = w.any(dim=1).any(dim=0).nonzero()[:, 0]  # [k] receivers with a non-zero weight
+        if not bool(rows.all()):
+            index = rows.nonzero()[:, 0]
+            w, deltas = w[:, index], deltas[:, index]
+        values = torch.bmm(w[:, :, columns].transpose(1, 2), deltas)  # [C, k, b*p*d]
+        values = values.view(c, -1, b, p, d).permute(0, 2, 3, 1, 4).reshape(c * b, p, -1, d)  # a view when C = 1
+        return _Correction(base, columns, values)
+
+    def _hooks(self, st: _Pass, start_layer: int) -> list:
+        g = self.graph
+        fwd = []
+        h = g.n_heads
+        if st.input_alpha is not None and start_layer == 0:
+            def interpolate(x, hook):
+                a = st.ablated[0].view(*st.ablated[0].shape[:2], -1)
+                return a + st.input_alpha * (x - a)
+            fwd.append((hooks.INPUT, interpolate))
+
+        def sender_hook(i: int, group):
+            def hook(x, hook):
+                x4 = _group_view(x, group.size)
+                cb, p, n, d = x4.shape
+                c = st.n_candidates
+                delta = x4.view(c, cb // c, p, n, d) - st.ablated[i]
+                if st.deltas is None:  # every slot is written by its sender before any receiver reads it
+                    st.deltas = x4.new_empty(c, g.n_senders, (cb // c) * p, d)
+                st.deltas[:, group.start:group.start + n] = delta.view(c, -1, n, d).transpose(1, 2)
+                return x
+            return hook
+
+        for i, group in enumerate(g.sender_groups):
+            if max(group.layer, 0) >= start_layer:  # the input (layer -1) fires in block 0
+                fwd.append((group.hook, sender_hook(i, group)))
+
+        def patched(x: torch.Tensor, corr: _Correction | None, col: int, lo: int, hi: int) -> torch.Tensor:
+            if corr is None:
+                out = x
+            elif x.dim() == 3:  # a single receiver (MLP, logits): [C*b, p, d]
+                out = corr.subtract(x[:, :, None], lo, hi)[:, :, 0]
+            else:
+                out = corr.subtract(x, lo, hi)
+            if st.collect:
+                # a receiver's own tensor, so its gradient is only the path through this receiver
+                out = out.clone() if out is x else out
+                st.receiver_inputs[col] = out
+            return out
+
+        def attn_hooks(layer: int):
+            first = layer * g.receivers_per_layer
+            cache: dict[str, _Correction | None] = {}
+
+            def make(port_index: int, port: str):
+                def hook(x, hook):
+                    if port_index == 0:  # q fires first: compute q, k and v corrections at once
+                        cb, p, _, d = x.shape
+                        cache["qkv"] = self._correction(st, slice(first, first + 3 * h), g.n_senders_before(first),
+                                                        cb // st.n_candidates, p, d)
+                    return patched(x, cache["qkv"], first + port_index * h, port_index * h, (port_index + 1) * h)
+                return hook
+
+            return [(hooks.head_input(layer, port), make(i, port)) for i, port in enumerate("qkv")]
+
+        def single_hook(col: int):
+            def hook(x, hook):
+                cb, p, d = x.shape
+                corr = self._correction(st, slice(col, col + 1), g.n_senders_before(col), cb // st.n_candidates, p, d)
+                return patched(x, corr, col, 0, 1)
+            return hook
+
+        def resid_hook(layer: int):
+            def hook(x, hook):
+                st.resid_pre[layer] = x.detach()
+                return x
+            return hook
+
+        for layer in range(start_layer, g.n_layers):
+            fwd += attn_hooks(layer)
+            if g.has_mlp:
+                fwd.append((hooks.mlp_in(layer), single_hook(g.mlp_receiver(layer))))
+            if st.resid_pre is not None:
+                fwd.append((hooks.resid_pre(layer), resid_hook(layer)))
+        fwd.append((hooks.resid_post(g.n_layers - 1), single_hook(g.logits_receiver)))
+        return fwd
+
+    # ---- passes ---------------------------------------------------------------------------
+    def _run(self, st: _Pass, idx: slice, start_layer: int = 0, prefix: Prefix | None = None) -> torch.Tensor:
+        """One patched forward pass over examples `idx`: logits [C*b, p, vocab]."""
+        tokens = self.tokens[idx]
+        c = st.n_candidates
+        mask = None if self.attention_mask is None else self.attention_mask[idx].repeat(c, 1)
+        st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
+        if start_layer > 0:
+            chunk = prefix.chunks[idx.start]
+            n_before = 1 + start_layer * self.graph.senders_per_layer
+            st.deltas = chunk.deltas.new_empty(c, *chunk.deltas.shape[1:])
+            st.deltas[:, :n_before] = chunk.deltas[:, :n_before]
+            resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
+            with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
+                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid)
+        else:
+            with self.model.hooks(fwd_hooks=self._hooks(st, 0)):
+                logits = forward(self.model, tokens.repeat(c, 1), mask)
+        done = (self.graph.n_layers - start_layer) / self.graph.n_layers
+        self.forward_passes += c * done * len(tokens) / len(self.tokens)
+        return logits
+
+    def _chunks(self):
+        n = len(self.tokens)
+        return [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+
+    def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False) -> _Pass:
+        return _Pass(removed=removed, n_candidates=removed.shape[0],
+                     collect=collect,
+                     receiver_inputs={} if collect else None, resid_pre={} if record else None)
+
+    @torch.no_grad()
+    def logits(self, kept: torch.Tensor) -> torch.Tensor:
+        """Logits [C, B, pos, vocab] (C = 1 for a single [S, R] mask)."""
+        removed = self.removed_weights(kept)
+        outs = [self._run(self._new_pass(removed), idx) for idx in self._chunks()]
+        c = removed.shape[0]
+        return torch.cat([o.view(c, -1, *o.shape[1:]) for o in outs], dim=1)
+
+    @torch.no_grad()
+    def evaluate(self, kept: torch.Tensor, metric: Metric, start_layer: int = 0, prefix: Prefix | None = None) -> torch.Tensor:
+        """Mean metric over all examples for each candidate mask: [C].
+
+        With `start_layer` and a `prefix` recorded under a mask equal to `kept` on every receiver
+        before `start_layer`, only layers from `start_layer` on are recomputed.
+        """
+        removed = self.removed_weights(kept)
+        if start_layer > 0 and (prefix is None or not self.supports_start):
+            start_layer = 0
+        c = removed.shape[0]
+        total = torch.zeros(c)
+        for idx in self._chunks():
+            logits = self._run(self._new_pass(removed), idx, start_layer, prefix)
+            values = self._metric(metric, logits, idx, c)
+            total += values.sum(dim=1).cpu()
+        return total / len(self.tokens)
+
+    def _metric(self, metric: Metric, logits: torch.Tensor, idx: slice, c: int) -> torch.Tensor:
+        ex = torch.arange(idx.start, idx.stop, device=logits.device)
+        values = metric(logits, ex.repeat(c)).view(c, -1)
+        if not torch.isfinite(values).all():
+            raise FloatingPointError("the metric returned NaN or inf; check the task's answer tokens and the model")
+        return values
+
+    @torch.no_grad()
+    def record_prefix(self, kept: torch.Tensor) -> Prefix:
+        """Run `kept` once and keep each layer's incoming residual and sender differences,
+        so later `evaluate(..., start_layer=l, prefix=...)` calls recompute only layers >= l."""
+        removed = self.removed_weights(kept)
+        if removed.shape[0] != 1:
+            raise ValueError("a prefix is recorded for a single mask")
+        chunks = {}
+        for idx in self._chunks():
+            st = self._new_pass(removed, record=True)
+            self._run(st, idx)
+            chunks[idx.start] = _PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
+        return Prefix(chunks)
+
+    def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1) -> tuple[float, torch.Tensor]:
+        """Mean metric and its gradient d metric / d kept [S, R] at mask `kept` (default: all edges kept).
+
+        One forward and one backward pass per chunk; zero outside valid edges. With `ig_steps` = m > 1,
+        the receiver gradients are averaged over inputs interpolated from the ablated to the clean input
+        (alpha = 1/m, 2/m, ..., 1) and multiplied by the clean differences: EAP-IG's integrated gradients.
+        """
+        g = self.graph
+        kept = g.full_mask() if kept is None else kept
+        removed = self.removed_weights(kept)
+        if removed.shape[0] != 1:
+            raise ValueError("mask_gradient takes a single [S, R] mask")
+        if ig_steps < 1:
+            raise ValueError(f"ig_steps must be at least 1, got {ig_steps}")
+        grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
+        total = 0.0
+        for idx in self._chunks():
+            summed: dict[int, torch.Tensor] = {}
+            for step in range(1, ig_steps + 1):
+                st = self._new_pass(removed, collect=True)
+                st.input_alpha = None if step == ig_steps else step / ig_steps
+                with torch.enable_grad():
+                    logits = self._run(st, idx)
+                    values = self._metric(metric, logits, idx, 1)
+                    cols = sorted(st.receiver_inputs)
+                    grads = torch.autograd.grad(values.sum() / len(self.tokens), [st.receiver_inputs[c] for c in cols],
+                                                allow_unused=True)
+                self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
+                for col, gr in zip(cols, grads, strict=True):
+                    if gr is not None:
+                        summed[col] = gr / ig_steps + summed.get(col, 0)
+            total += float(values.detach().sum())  # the last step is the clean input
+            deltas = st.deltas.detach()[0]  # [S, b*p, d]
+            real = None if self.attention_mask is None else self.attention_mask[idx]
+            for col, gr in summed.items():
+                width, n_before = (g.n_heads if gr.dim() == 4 else 1), g.n_senders_before(col)
+                grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr, real)
+        return total / len(self.tokens), (grad * g.valid).to(torch.float32)
+
+    def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64).
+        `real` [b, p]: positions outside it (padding) are left out of the sum."""
+        if gr.dim() == 3:
+            gr = gr[:, :, None]
+        if real is not None:
+            gr = torch.where(real.to(gr.device)[:, :, None, None], gr, 0)
+        b, p, n, d = gr.shape
+        if n > 1 and n != self.graph.n_heads:
+            # grouped k/v input: each head's receiver moves the group's input by 1/group of its correction
+            gr = gr.repeat_interleave(self.kv_group, dim=2) / self.kv_group
+        cols = gr.reshape(b * p, -1, d).transpose(0, 1).reshape(-1, b * p * d)  # [n_cols, b*p*d]
+        return (deltas.reshape(deltas.shape[0], -1) @ cols.T).double()
+
+
+@dataclass
+class _PrefixChunk:
+    deltas: torch.Tensor  # [1, S, b*p, d]
+    resid_pre: dict[int, torch.Tensor]
+
+
+@dataclass
+class Prefix:
+    """Per-chunk residual streams and sender differences of one recorded pass (see `record_prefix`)."""
+
+    chunks: dict[int, _PrefixChunk]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run with the model in eval mode (no dropout), restoring its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

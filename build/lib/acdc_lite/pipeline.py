@@ -1,0 +1,228 @@
+"""The `discover` job end to end: resolve a config, load model and task, search, render, write a run folder.
+
+Used by the CLI (which only parses and writes) and usable from Python: `run_discover` computes,
+`discover_into` owns a run folder (lock, checkpoints, outputs, run record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from acdc_lite.boundary import UsageError, parse_settings, read_json_object
+from acdc_lite.circuit import Circuit, write_atomic
+from acdc_lite.models import Processing, fingerprint, load_model
+from acdc_lite.patching import Ablation
+from acdc_lite.runs import DEFAULT_INTERVAL, RECORD, Checkpointer, RunLock, RunRecord, check_output_dir, interruptible
+from acdc_lite.search import CHECKPOINTED, METHODS, SearchError, discover
+from acdc_lite.task import Task, load_task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "induction-attn-2l"
+DEFAULT_TASK = "induction"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OUTPUTS = ("circuit.json", "circuit.svg", "config.json")
+CHECKPOINT = "checkpoint.json"
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """The settings of one discover run; types and ranges are checked wherever they come from (`parse`)."""
+
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
+    method: str = "hybrid"
+    tau: float | None = field(default=None, metadata={"ge": 0})
+    metric: str | None = None
+    ablation: str = "resample"
+    level: str = "edge"
+    n_examples: int = field(default=64, metadata={"ge": 1})
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    top_n: int | None = field(default=None, metadata={"ge": 1})
+    target_faithfulness: float = field(default=0.9, metadata={"gt": 0, "le": 1})
+    ig_steps: int = field(default=5, metadata={"ge": 1})
+    batch_size: int = field(default=32, metadata={"ge": 1})
+    processing: str = "none"  # weight processing of a Hugging Face model (acdc_lite.models.Processing)
+    offline: bool = False  # never try the Hugging Face hub
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise SearchError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.dtype not in DTYPES:
+            raise SearchError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.processing not in {p.value for p in Processing}:
+            raise SearchError(f"unknown processing {self.processing!r}; choose one of {', '.join(p.value for p in Processing)}")
+        if self.ablation not in {a.value for a in Ablation}:
+            raise SearchError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(a.value for a in Ablation)}")
+        if self.level not in ("edge", "node"):
+            raise SearchError(f"unknown level {self.level!r}; choose edge or node")
+        if self.device is not None:
+            check_device(self.device)
+
+    @classmethod
+    def parse(cls, values: dict, source: str, as_options: bool = False) -> DiscoverConfig:
+        """From a dict of settings (strict types, ranges); errors name `source` and the field."""
+        return parse_settings(cls, values, source, as_options)
+
+    @classmethod
+    def resolve(cls, config_file: str | Path | None = None, **overrides) -> DiscoverConfig:
+        """Defaults <- the JSON config file <- explicit overrides (None means 'not given')."""
+        values = {}
+        if config_file:
+            values = read_json_object(config_file, "config file")
+            cls.parse(values, f"config file {config_file}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        cls.parse(given, "options", as_options=True)
+        return cls.parse({**values, **given}, f"config file {config_file} with the options" if config_file else "options",
+                         as_options=not config_file)
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device named by `device`, or a UsageError saying why it cannot be used here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:0 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices; use cuda:0")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: only cpu, cuda and mps are supported")
+    return dev
+
+
+@dataclass(frozen=True)
+class DiscoverOutput:
+    circuit: Circuit
+    config: DiscoverConfig
+    svg: str | None  # None when graphviz's dot is not installed
+    svg_problem: str | None
+    n_examples_asked: int | None = None  # set when the task had fewer examples than asked
+
+
+def task_hash(task: Task) -> str:
+    """sha256 over the task's token tensors: identifies the prompts a checkpoint was made on."""
+    h = hashlib.sha256()
+    for t in (task.clean, task.corrupt, task.answers, task.foils, task.answer_pos):
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Checkpointer | None = None,
+                 checkpoint_dir: str | Path | None = None, resume: bool = False,
+                 checkpoint_interval: float = DEFAULT_INTERVAL, on_checkpoint=None) -> DiscoverOutput:
+    """Load, search and render; writes nothing but the checkpoint of a checkpointing method (see `discover_into`).
+    `on_checkpoint(state)` is called after each checkpoint save."""
+    model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype], processing=config.processing,
+                       offline=config.offline or None)
+    task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
+    asked = None
+    if len(task) < config.n_examples:
+        log.warning("task %s has %d examples, fewer than the %d asked: using %d (recorded in config.json and run.json)",
+                    config.task, len(task), config.n_examples, len(task))
+        asked, config = config.n_examples, replace(config, n_examples=len(task))
+    if checkpoint is None and checkpoint_dir is not None and config.method in CHECKPOINTED:
+        settings = {**asdict(config), "model_fingerprint": fingerprint(model), "task_hash": task_hash(task)}
+        checkpoint = Checkpointer(Path(checkpoint_dir) / CHECKPOINT, settings, checkpoint_interval, on_save=on_checkpoint)
+        if resume and not checkpoint.exists():
+            raise UsageError(f"nothing to resume in {checkpoint_dir}: no {CHECKPOINT} (a finished run removes it); "
+                             "run without --resume")
+        if not resume:
+            checkpoint.remove()  # a fresh run: forget any earlier interrupted one
+    circuit = discover(model, task, config.method, seed=config.seed, ablation=config.ablation, metric=config.metric,
+                       tau=config.tau, level=config.level, top_n=config.top_n, target_faithfulness=config.target_faithfulness,
+                       ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress,
+                       **({"checkpoint": checkpoint} if checkpoint is not None else {}))
+    circuit = with_detected_roles(circuit, model, task)
+    svg, problem = None, None
+    try:
+        from acdc_lite.render import render_svg, roles_for
+
+        svg = render_svg(circuit, roles=roles_for(config.model))
+    except ImportError as e:
+        problem = f"rendering unavailable: {e}"
+    except RuntimeError as e:
+        problem = str(e)
+    return DiscoverOutput(circuit, config, svg, problem, asked)
+
+
+def with_detected_roles(circuit: Circuit, model, task) -> Circuit:
+    """`circuit` carrying the roles the head detectors give its heads on the task's prompts (how, in provenance)."""
+    from acdc_lite.explore.heads import detect_heads
+
+    heads = [str(h) for h in circuit.heads()]
+    if not heads:
+        return circuit
+    report = detect_heads(model, task, heads=heads)
+    return replace(circuit, roles=report.roles(), provenance={**circuit.provenance, "roles": report.describe()})
+
+
+def write_outputs(out: DiscoverOutput, directory: str | Path) -> list[Path]:
+    """circuit.json, circuit.svg (when rendered) and config.json, each written atomically."""
+    directory = Path(directory)
+    written = [out.circuit.save(directory / "circuit.json")]
+    if out.svg is not None:
+        write_atomic(directory / "circuit.svg", out.svg)
+        written.append(directory / "circuit.svg")
+    else:
+        (directory / "circuit.svg").unlink(missing_ok=True)  # not a stale drawing of another circuit
+    write_atomic(directory / "config.json", _config_json(out.config))
+    written.append(directory / "config.json")
+    (directory / CHECKPOINT).unlink(missing_ok=True)  # the run is complete: nothing left to resume
+    return written
+
+
+def _config_json(config: DiscoverConfig) -> str:
+    import json
+
+    return json.dumps(asdict(config), indent=1) + "\n"
+
+
+def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool = False, force: bool = False,
+                  progress: bool = True, checkpoint_interval: float = DEFAULT_INTERVAL) -> DiscoverOutput:
+    """Run discover in the run folder `directory`: checked before any work, locked for the run, checkpointed
+    (methods in CHECKPOINTED: every `checkpoint_interval` seconds and on SIGINT/SIGTERM), then circuit.json,
+    circuit.svg, config.json and the run record run.json. A finished run there is refused unless `force`."""
+    directory = check_output_dir(directory)
+    finished = [n for n in OUTPUTS if (directory / n).exists()]
+    if finished and not (force or resume):
+        raise UsageError(f"{directory} already holds a run ({', '.join(finished)}); pass --force to overwrite it, "
+                         "or choose another --out")
+    if (directory / CHECKPOINT).is_file() and not (force or resume):
+        raise UsageError(f"{directory} holds an interrupted run ({CHECKPOINT}); continue it with the same options plus "
+                         "--resume, or pass --force to start over")
+    if resume and config.method not in CHECKPOINTED:
+        raise UsageError(f"--resume: {config.method} does not checkpoint (it is one quick pass); run without --resume")
+    if resume and not (directory / CHECKPOINT).is_file():
+        raise UsageError(f"nothing to resume in {directory}: no {CHECKPOINT} (a finished run removes it); run without --resume")
+    settings = asdict(config)
+    with RunLock(directory, settings), interruptible():
+        if force and not resume:
+            for name in (*OUTPUTS, RECORD, CHECKPOINT):
+                (directory / name).unlink(missing_ok=True)
+        record = RunRecord(directory, "discover", settings).start(resume=resume)
+        try:
+            result = run_discover(config, progress=progress, checkpoint_dir=directory, resume=resume,
+                                  checkpoint_interval=checkpoint_interval, on_checkpoint=record.checkpointed)
+        except KeyboardInterrupt:
+            if (directory / CHECKPOINT).is_file():
+                record.finish("interrupted", **record.passes_at_checkpoint)
+            raise
+        files = write_outputs(result, directory)
+        facts = {"n_examples_asked": result.n_examples_asked} if result.n_examples_asked else {}
+        record.finish("finished", result.circuit.cost.get("forward_passes", 0.0),
+                      result.circuit.cost.get("backward_passes", 0.0), outputs=[f.name for f in files], **facts)
+    return result

@@ -1,0 +1,216 @@
+"""A small transformer on TransformerLens' `HookedRootModule`, with TransformerLens' hook names.
+
+For models TransformerLens' bridge cannot give per-head results for: attention-only toy models,
+models with no LayerNorm (tracr), and anything we build by hand. Per-head q/k/v inputs and
+results are always on. It can start the forward pass at any layer from a given residual stream,
+which is what lets edge patching recompute only the suffix of the model a change affects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class SmallTransformerConfig:
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    d_mlp: int = 0  # 0: attention only
+    normalization: str = "none"  # "none" | "layernorm"
+    act_fn: str = "relu"  # "relu" | "gelu"
+    positional: str = "learned"  # "learned" | "none"
+    causal: bool = True
+    d_vocab_out: int | None = None  # defaults to d_vocab
+    vocab: list[str] | None = field(default=None, compare=False)  # token strings, for display
+    name: str = "small-transformer"
+
+    def __post_init__(self):
+        if self.normalization not in ("none", "layernorm"):
+            raise ValueError(f"normalization must be 'none' or 'layernorm', got {self.normalization!r}")
+        if self.act_fn not in ("relu", "gelu"):
+            raise ValueError(f"act_fn must be 'relu' or 'gelu', got {self.act_fn!r}")
+        if self.positional not in ("learned", "none"):
+            raise ValueError(f"positional must be 'learned' or 'none', got {self.positional!r}")
+
+    @property
+    def n_out(self) -> int:
+        return self.d_vocab_out or self.d_vocab
+
+
+def _norm(cfg: SmallTransformerConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.d_model) if cfg.normalization == "layernorm" else nn.Identity()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: SmallTransformerConfig):
+        super().__init__()
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.cfg = cfg
+        self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.empty(h, d, e)) for _ in range(3))
+        self.b_Q, self.b_K, self.b_V = (nn.Parameter(torch.zeros(h, e)) for _ in range(3))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.b_O = nn.Parameter(torch.zeros(d))
+        for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
+            nn.init.normal_(w, std=1 / math.sqrt(d))
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_z, self.hook_result = HookPoint(), HookPoint()
+
+    def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised per-head inputs [b, p, h, d] -> per-head results [b, p, h, d]. `attention_mask` [b, p]
+        (True at real tokens): no query attends a padded key other than itself (a padded query then sees only
+        itself, so nothing is NaN)."""
+        q = self.hook_q(torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q)
+        k = self.hook_k(torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K)
+        v = self.hook_v(torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V)
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        if self.cfg.causal:
+            n = scores.shape[-1]
+            future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        if attention_mask is not None:
+            n = scores.shape[-1]
+            eye = torch.eye(n, dtype=torch.bool, device=scores.device)
+            hidden = ~attention_mask.bool()[:, None, None, :] & ~eye  # [b, 1, q, k]
+            scores = scores.masked_fill(hidden, float("-inf"))
+        pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: SmallTransformerConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) / math.sqrt(cfg.d_mlp))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        return self.hook_post(self.act(pre)) @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SmallTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ln1 = _norm(cfg)
+        self.attn = Attention(cfg)
+        self.has_mlp = cfg.d_mlp > 0
+        if self.has_mlp:
+            self.ln2 = _norm(cfg)
+            self.mlp = MLP(cfg)
+            self.hook_mlp_in, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_out = HookPoint()
+
+    def forward(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p, d_model] -> [b, p, d_model]; `attention_mask` [b, p] as in `Attention.forward`."""
+        resid = self.hook_resid_pre(resid)
+        per_head = resid[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
+        q_in = self.ln1(self.hook_q_input(per_head))
+        k_in = self.ln1(self.hook_k_input(per_head))
+        v_in = self.ln1(self.hook_v_input(per_head))
+        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, attention_mask).sum(dim=2) + self.attn.b_O)
+        resid = self.hook_resid_mid(resid + attn_out)
+        if self.has_mlp:
+            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid.clone()))))
+            resid = resid + mlp_out
+        return self.hook_resid_post(resid)
+
+
+class SmallTransformer(HookedRootModule):
+    """Decoder-only transformer with TransformerLens hook names; see module docstring."""
+
+    supports_start_at_layer = True
+
+    def __init__(self, cfg: SmallTransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) / math.sqrt(cfg.d_model))
+        if cfg.positional == "learned":
+            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) / math.sqrt(cfg.d_model))
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = _norm(cfg)
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.n_out) / math.sqrt(cfg.d_model))
+        self.b_U = nn.Parameter(torch.zeros(cfg.n_out))
+        self.setup()
+
+    def embed(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p] token ids -> [b, p, d_model] residual stream entering block 0. With `attention_mask` [b, p],
+        positions count real tokens only (a left-padded prompt's first real token is at position 0)."""
+        if tokens.shape[-1] > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {tokens.shape[-1]} tokens exceeds the model's context of {self.cfg.n_ctx}")
+        x = self.hook_embed(self.W_E[tokens])
+        if self.cfg.positional == "learned":
+            if attention_mask is None:
+                pos = self.W_pos[: tokens.shape[-1]].expand_as(x)
+            else:
+                ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, p]
+                pos = self.W_pos[ids]
+            x = x + self.hook_pos_embed(pos)
+        return x
+
+    def forward(self, tokens: torch.Tensor, start_at_layer: int | None = None,
+                resid: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p] tokens -> [b, p, d_vocab_out] logits.
+
+        With `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l
+        and blocks before l are skipped (`tokens` is then unused). `attention_mask` [b, p] (True/1 at real
+        tokens) hides padded keys and counts positions from each prompt's first real token.
+        """
+        if start_at_layer is None:
+            x, first = self.embed(tokens, attention_mask), 0
+        else:
+            if resid is None:
+                raise ValueError("start_at_layer needs the residual stream entering that layer")
+            x, first = resid, start_at_layer
+        for block in self.blocks[first:]:
+            x = block(x, attention_mask)
+        return self.ln_final(x) @ self.W_U + self.b_U
+
+    # ---- files ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_FILE)
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=1))
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> SmallTransformer:
+        directory = Path(directory)
+        cfg = SmallTransformerConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+        model = cls(cfg)
+        model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+        return model.eval()
+
+    @staticmethod
+    def is_model_dir(directory: str | Path) -> bool:
+        """True for a directory written by `save` (not a Hugging Face model directory)."""
+        path = Path(directory) / CONFIG_FILE
+        return path.is_file() and "n_heads" in json.loads(path.read_text()) and (Path(directory) / WEIGHTS_FILE).is_file()
