@@ -544,9 +544,9 @@ def zoo_train(name: str, seed: int = typer.Option(0, help="Training seed."),
 @tasks_app.command("list")
 def tasks_list():
     """List built-in tasks. Example: acdc-lite tasks list"""
-    from acdc_lite.task import builtin_tasks
+    from acdc_lite.tasks import descriptions
 
-    for name, description in builtin_tasks().items():
+    for name, description in descriptions().items():
         typer.echo(f"{name:14s} {description}")
 
 

@@ -642,7 +642,7 @@ def builtin_tasks() -> dict[str, str]:
     """Built-in task name -> one-line description."""
     from acdc_lite import tasks
 
-    return {name: mod.DESCRIPTION for name, mod in tasks.registry().items()}
+    return tasks.descriptions()
 
 
 def load_task(name_or_path: str | Path, model: nn.Module, n_examples: int = 64, seed: int = 0,

@@ -5,7 +5,10 @@ Every module defines `DESCRIPTION` (one line) and `build(model, n_examples, seed
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 # task name -> module in this package; a module missing here is not built in yet
@@ -26,4 +29,18 @@ def registry() -> dict[str, ModuleType]:
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{module}":
                 raise
+    return out
+
+
+def descriptions() -> dict[str, str]:
+    """Task name -> its module's one-line DESCRIPTION, read from the source without importing it (no torch: fast
+    for `acdc-lite tasks list`)."""
+    out = {}
+    for name, module in _MODULES.items():
+        spec = importlib.util.find_spec(f"{__name__}.{module}")
+        if spec is None or spec.origin is None:
+            continue
+        tree = ast.parse(Path(spec.origin).read_text())
+        out[name] = next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                         and any(getattr(t, "id", None) == "DESCRIPTION" for t in node.targets))
     return out

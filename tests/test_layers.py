@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from acdc_lite import layers
 
 
@@ -70,3 +72,18 @@ def test_importing_the_package_loads_no_torch():
     code = "import sys, acdc_lite; print(sorted(m for m in ('torch', 'transformer_lens', 'acdc_lite.models') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["version"], ["tasks", "list"], ["zoo", "list"], ["--help"]])
+def test_commands_that_need_no_model_import_no_torch(argv):
+    code = ("import sys, runpy; sys.argv = ['acdc-lite', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('acdc_lite', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_task_descriptions_read_without_import_match_the_modules():
+    from acdc_lite import tasks
+
+    assert tasks.descriptions() == {name: module.DESCRIPTION for name, module in tasks.registry().items()}
