@@ -230,7 +230,7 @@ def _zoo_model_for(task_name: str) -> str | None:
     return next((n for n in zoo.names() if zoo.card(n)["task"]["name"] == task_name), None)
 
 
-@pytest.mark.parametrize("task_name", ["induction", "ioi", "greater-than", "addition"])
+@pytest.mark.parametrize("task_name", ["induction", "ioi", "greater-than", "addition", "docstring"])
 def test_every_built_in_task_runs_end_to_end_on_a_shipped_model(task_name, tmp_path):
     """`acdc-lite discover --model ZOO --task TASK`, offline, on a zoo model trained for the task."""
     from typer.testing import CliRunner
