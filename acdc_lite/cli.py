@@ -554,3 +554,61 @@ def tasks_list():
 def version():
     """Print the version. Example: acdc-lite version"""
     typer.echo(_version_text())
+
+
+# ---- below the component level: dictionaries, probes; past runs ----------------------------------
+sae_app = typer.Typer(no_args_is_help=True, help="Sparse dictionaries (autoencoders, transcoders) on a model's activations.")
+app.add_typer(sae_app, name="sae")
+
+
+@sae_app.command("train")
+def sae_train(
+    model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name "
+                                     "(default: induction-attn-2l)."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task or task file (default: a zoo model's task)."),
+    site: str = typer.Option("a1.h0", "--site", "-s", help="a1.h0 (a head's result), m0 (an MLP's output), input, "
+                             "'resid L', or a hook name."),
+    transcoder: bool = typer.Option(False, "--transcoder", help="Map the MLP's input to its output (an MLP site)."),
+    n_latents: int = typer.Option(96, "--n-latents", help="Dictionary size."),
+    k: int = typer.Option(3, "--k", help="Active latents per position (TopK)."),
+    steps: int = typer.Option(1500, "--steps", help="Adam steps."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Activations per step."),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate."),
+    holdout: float = typer.Option(0.3, "--holdout", help="Share of examples held out for every reported number."),
+    n_examples: int = typer.Option(3000, "--n-examples", help="Task examples (training and held out)."),
+    seed: int = typer.Option(0, help="Task sampling, split, initialisation and batch seed."),
+    edge: str | None = typer.Option(None, "--edge", "-e", help="A circuit edge leaving the site's node, e.g. a1.h0->logits: "
+                                    "find the feature for --variable and its share of the edge's effect."),
+    variable: str | None = typer.Option(None, "--variable", help="With --edge: answer (default) | carry | foil."),
+    value: int | None = typer.Option(None, "--value", help="With --edge: the variable's value to study (default: the one "
+                                     "the edge carries most on training examples)."),
+    out: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="Output directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished run in OUT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train a sparse dictionary on one site; report FVU, L0, dead latents and the task metric with it spliced in.
+
+    Example: acdc-lite sae train --model induction-attn-2l --site a1.h0 --edge 'a1.h0->logits' --out runs/sae
+    """
+    def job():
+        from acdc_lite.features.commands import train_sae_into
+        from acdc_lite.features.sae import SAEConfig
+
+        if edge is None and (variable is not None or value is not None):
+            raise ValueError("--variable and --value only apply with --edge")
+        cfg = SAEConfig(site=site, transcoder=transcoder, n_latents=n_latents, k=k, steps=steps, batch_size=batch_size,
+                        lr=lr, holdout=holdout, seed=seed)
+        report = train_sae_into(out, cfg, model=model, task=task, n_examples=n_examples, edge=edge,
+                                variable=variable or "answer", value=value, force=force, progress=not quiet)
+        r = report["reconstruction"]
+        typer.echo(f"{report['site']} of {report['model']}: FVU {r['fvu']:.4f}, L0 {r['l0']:.2f}, dead {r['dead']}/{r['n_latents']}, "
+                   f"{r['metric']} {r['metric_model']:.4f} -> {r['metric_spliced']:.4f} spliced ({r['metric_change']:.1%})")
+        if "feature" in report:
+            h = report["feature"]["headline"]
+            typer.echo(f"feature {h['feature']} for {report['feature']['variable']} = {h['value']}: held-out AUROC "
+                       f"{h['heldout_auroc']:.3f}, {h['share']:.1%} of {report['feature']['edge']}'s effect "
+                       f"(random features: {report['feature']['random_share_mean']:.1%})")
+        typer.echo(f"wrote {out}/: dictionary.safetensors, dictionary.json, report.json, report.md, run.json")
+        return Path(out) / "run.json"
+
+    _guard(job)

@@ -1,0 +1,112 @@
+"""What `acdc-lite sae train` and `acdc-lite probe` run: check the folder, load, compute, write, record.
+
+Each owns its `--out` folder for the run (`acdc_lite.runs.RunLock`), writes its outputs atomically and the run
+record `run.json` last (with the headline numbers under `results`); bad input fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from acdc_lite.runs import RECORD, RunLock, RunRecord, check_output_dir, interruptible, write_atomic
+
+SAE_OUTPUTS = ("dictionary.safetensors", "dictionary.json", "report.json", "report.md")
+PROBE_OUTPUTS = ("probes.csv", "probes.png", "probes.svg", "report.json", "report.md")
+
+
+def model_and_task(model: str | None, task: str | None, n_examples: int, seed: int):
+    """(hooked model, task): the default model is discover's; the default task a zoo model's own."""
+    from acdc_lite import zoo
+    from acdc_lite.models import load_model
+    from acdc_lite.pipeline import DEFAULT_MODEL
+    from acdc_lite.task import load_task
+
+    name = model or DEFAULT_MODEL
+    if task is None:
+        if not zoo.exists(name):
+            raise ValueError(f"--task is needed for {name!r} (only zoo models have a default task)")
+        task = zoo.card(name)["task"]["name"]
+    hooked = load_model(name)
+    return hooked, load_task(task, hooked, n_examples=n_examples, seed=seed)
+
+
+def _claim(out: Path, outputs: tuple[str, ...], force: bool) -> Path:
+    out = check_output_dir(out)
+    finished = [n for n in (*outputs, RECORD) if (out / n).exists()]
+    if finished and not force:
+        raise ValueError(f"{out} already holds a run ({', '.join(finished)}); pass --force to overwrite it, or choose another --out")
+    return out
+
+
+def train_sae_into(out: str | Path, config, *, model: str | None = None, task: str | None = None, n_examples: int = 3000,
+                   edge: str | None = None, variable: str = "answer", value: int | None = None, force: bool = False,
+                   progress: bool = True) -> dict:
+    """Train a dictionary (`acdc_lite.features.sae.SAEConfig`) and, with `edge`, tie a feature to `variable`
+    through it (`acdc_lite.features.attribution.feature_study`); write the dictionary, report.json, report.md
+    and run.json into `out`. Returns the report."""
+    from .attribution import feature_study, top_examples
+    from .sae import train_dictionary
+    from .variables import VARIABLES
+
+    out = _claim(Path(out), SAE_OUTPUTS, force)
+    if variable not in VARIABLES:
+        raise ValueError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
+    settings = {"model": model, "task": task, "n_examples": n_examples, "edge": edge, "variable": variable,
+                "value": value, **asdict(config)}
+    with RunLock(out, settings, command="sae train"), interruptible():
+        record = RunRecord(out, "sae train", settings).start()
+        hooked, t = model_and_task(model, task, n_examples, config.seed)
+        trained = train_dictionary(hooked, t, config, progress=progress)
+        report = {"model": trained.dictionary.info["model"], "task": t.name, "site": trained.dictionary.site.name,
+                  "config": asdict(config), "reconstruction": trained.report.to_dict()}
+        if edge is not None:
+            study = feature_study(hooked, t, trained.dictionary, edge, trained.train_idx, trained.heldout_idx,
+                                  variable=variable, value=value, seed=config.seed)
+            report["feature"] = study.to_dict()
+            report["feature"]["top_examples"] = top_examples(hooked, t.subset(trained.heldout_idx), trained.dictionary,
+                                                             study.headline.feature)
+        files = trained.dictionary.save(out)
+        write_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
+        write_atomic(out / "report.md", sae_markdown(report))
+        r = trained.report
+        results = {"fvu": r.fvu, "l0": r.l0, "dead": r.dead, "metric_model": r.metric_model, "metric_spliced": r.metric_spliced,
+                   "metric_change": round(r.metric_change, 4)}
+        if edge is not None:
+            h = report["feature"]["headline"]
+            results.update(feature=h["feature"], heldout_auroc=h["heldout_auroc"], edge_share=h["share"],
+                           random_share_mean=report["feature"]["random_share_mean"])
+        record.finish("finished", outputs=[f.name for f in files] + ["report.json", "report.md"],
+                      run={"task": t.name, "model": report["model"], "method": f"sae {config.site}"}, results=results)
+    return report
+
+
+def sae_markdown(report: dict) -> str:
+    r = report["reconstruction"]
+    lines = [f"# Dictionary on {report['site']} of {report['model']} ({report['task']})", "",
+             "| FVU | L0 | dead | latents | metric (model) | metric (spliced) | change | CE (model) | CE (spliced) |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| {r['fvu']:.4f} | {r['l0']:.2f} | {r['dead']} | {r['n_latents']} | {r['metric_model']:.4f} | "
+             f"{r['metric_spliced']:.4f} | {r['metric_change']:.2%} | {r['ce_model']:.4f} | {r['ce_spliced']:.4f} |", "",
+             f"Measured on {r['n_heldout_examples']} held-out examples (trained on {r['n_train_vectors']} activations of "
+             f"{r['n_train_examples']} other examples' clean and corrupted prompts); metric: {r['metric']}."]
+    f = report.get("feature")
+    if f:
+        h = f["headline"]
+        shares = [v["share"] for v in f["values"]]
+        aucs = [v["heldout_auroc"] for v in f["values"]]
+        lines += ["", f"## Feature for {f['variable']} through {f['edge']}", "",
+                  f"Headline value {h['value']}: feature {h['feature']} (training AUROC {h['train_auroc']:.3f}), held-out "
+                  f"AUROC {h['heldout_auroc']:.3f}; ablating it through the edge removes {h['share']:.1%} of the edge's "
+                  f"effect ({h['feature_effect']:.4f} of {h['edge_effect']:.4f}) on {h['n_heldout_positive']} held-out "
+                  f"examples; {len(f['random_shares'])} random active features: mean share {f['random_share_mean']:.1%}, "
+                  f"max {f['random_share_max']:.1%}.", "",
+                  f"Every value with enough examples ({len(shares)}): held-out AUROC >= 0.9 for "
+                  f"{sum(a >= 0.9 for a in aucs)}, share >= 0.5 for {sum(s >= 0.5 for s in shares)}, median share "
+                  f"{sorted(shares)[len(shares) // 2]:.2f}.", "",
+                  "| value | feature | train AUROC | held-out AUROC | edge effect | feature effect | share |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v['value']} | {v['feature']} | {v['train_auroc']:.3f} | {v['heldout_auroc']:.3f} | {v['edge_effect']:.4f} | "
+                  f"{v['feature_effect']:.4f} | {v['share']:.3f} |" for v in f["values"]]
+    return "\n".join(lines) + "\n"
