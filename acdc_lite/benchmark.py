@@ -7,9 +7,12 @@ Suites (`SUITES`), each a function returning one dict per row:
   (a hub name or a local directory), otherwise one row saying why it was skipped.
 - scale: EAP and the hybrid on a GPT-2-small-shaped random model (32,491 edges): cost only.
 
-Cost columns: forward / backward passes (in units of one pass over all examples; a suffix pass from
-layer l counts (L - l) / L), seconds, and `x_forward`: seconds divided by the seconds of one plain
-forward pass of the same model over the same examples, measured in the same process.
+Cost columns: `forward_passes`, the passes the search itself spent, and `bookkeeping_passes`, those spent on
+the reference values m(full) and m(empty) (which auto tau also reads), selecting a circuit from scores and
+evaluating the final circuit (`SearchResult.bookkeeping`; their sum is the total), backward passes (all in units
+of one pass over all examples; a suffix pass from layer l counts (L - l) / L), seconds, and `x_forward`: seconds
+divided by the seconds of one plain forward pass of the same model over the same examples, measured in the same
+process. The corrupted-activation cache is counted in neither.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from acdc_lite.circuit import write_atomic
+from acdc_lite.faithfulness import faithfulness
 from acdc_lite.graph import ModelGraph
 from acdc_lite.search.common import SearchContext, SearchResult
 from acdc_lite.task import Task
@@ -86,18 +90,20 @@ def search_row(name: str, model: nn.Module, task: Task, method: str, ground_trut
     seconds = time.perf_counter() - started
     ctx = SearchContext.build(model, task, task.default_metric)  # every method judged on the same metric
     full, empty = float(ctx.evaluate(ctx.graph.full_mask())), float(ctx.evaluate(ctx.graph.empty_mask()))
-    faithfulness = (float(ctx.evaluate(result.kept)) - empty) / (full - empty)
-    completeness = (float(ctx.evaluate(ctx.graph.valid & ~result.kept)) - empty) / (full - empty)
+    faithful = faithfulness(float(ctx.evaluate(result.kept)), full, empty)
+    completeness = faithfulness(float(ctx.evaluate(ctx.graph.valid & ~result.kept)), full, empty)
     nodes = node_set(ctx.graph, result.kept)
     row = {"model": name, "task": task.name, "method": method,
            "graph_edges": ctx.graph.n_edges(), "edges": result.n_edges, "heads": len(_heads(nodes)),
-           "faithfulness": round(faithfulness, 3), "completeness": round(completeness, 3),
-           "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
+           "faithfulness": round(faithful, 3), "completeness": round(completeness, 3),
+           "forward_passes": round(result.search_forward_passes, 1),
+           "bookkeeping_passes": round(result.bookkeeping_forward_passes, 1),
+           "backward_passes": round(result.backward_passes, 1),
            "seconds": round(seconds, 2)}
     if forward_seconds:
         row["x_forward"] = round(seconds / forward_seconds, 1)
     if "floor_forward_passes" in result.stats:
-        row["x_floor"] = round(result.forward_passes / result.stats["floor_forward_passes"], 2)
+        row["x_floor"] = round(result.search_forward_passes / result.stats["floor_forward_passes"], 2)
     if ground_truth_heads is not None:
         truth = _components(ground_truth_heads, count_mlps)
         pr = precision_recall(_components(nodes, count_mlps), truth)
@@ -215,8 +221,10 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, s
     seconds = time.perf_counter() - started
     return {"suite": "scale", "model": "gpt2-small-shaped random", "task": f"random tokens {n_prompts} x {seq_len}",
             "method": method, "graph_edges": ModelGraph.from_model(model).n_edges(), "edges": result.n_edges,
-            "forward_passes": round(result.forward_passes, 1), "backward_passes": round(result.backward_passes, 1),
-            "batch_size": batch_size, "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
+            "forward_passes": round(result.search_forward_passes, 1),
+            "bookkeeping_passes": round(result.bookkeeping_forward_passes, 1),
+            "backward_passes": round(result.backward_passes, 1), "batch_size": batch_size, "seconds": round(seconds, 1),
+            "x_forward": round(seconds / forward, 1),
             **({"scoring_seconds": round(scoring, 1), "scoring_x_forward": round(scoring / forward, 1)} if scoring > 0.01 else {}),
             "loading_peak_mb": round(loading_peak), "peak_rss_mb": round(peak_memory_mb())}
 

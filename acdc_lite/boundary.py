@@ -14,8 +14,6 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-import pydantic
-
 MAX_FILE_BYTES = 512 * 1024 * 1024  # any JSON file we read whole
 MAX_LAYERS, MAX_HEADS = 1024, 1024  # a model graph declared in a file (GPT-3 has 96 x 96)
 
@@ -99,6 +97,8 @@ def parse_settings(cls, values: dict, source: str, as_options: bool = False):
     (`ge`, `gt`, `le`, `lt`, pydantic's names). A violation is a UsageError naming `source` and the field
     (as a command-line option `--field-name` when `as_options`).
     """
+    import pydantic  # here, not at the top: reading options must not slow down commands that never do
+
     hints = typing.get_type_hints(cls)
     spec = {}
     for f in fields(cls):
@@ -116,7 +116,7 @@ def parse_settings(cls, values: dict, source: str, as_options: bool = False):
     return cls(**{k: getattr(checked, k) for k in spec if k in values})
 
 
-def _settings_message(error: pydantic.ValidationError, values: dict, source: str, known: list[str], as_options: bool) -> str:
+def _settings_message(error, values: dict, source: str, known: list[str], as_options: bool) -> str:
     first = error.errors()[0]
     name = str(first["loc"][0]) if first["loc"] else "?"
     if first["type"] == "extra_forbidden":

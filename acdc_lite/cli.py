@@ -6,9 +6,12 @@ Every command imports the library (and so torch) inside its body: `--help`, `--v
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import typer
@@ -81,48 +84,89 @@ def _guard(fn):
         _fail(RuntimeError(f"internal error {type(e).__name__}: {e}; re-run with --debug for the traceback and report it"))
 
 
+def _with_method_options(command):
+    """Give `command` one --option per method option in the registry (`acdc_lite.search.methods`), with the
+    registry's type and help; the command receives the given ones (not None) as `method_options`."""
+    from acdc_lite.search.methods import all_options
+
+    sig = inspect.signature(command)
+    hints = typing.get_type_hints(command)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+              if p.name != "method_options"]
+    names = []
+    for name, entry in all_options().items():
+        annotation = _cli_type(entry["type"])
+        flag = f"--{name.replace('_', '-')}"
+        decl = (f"{flag}/--no-{name.replace('_', '-')}",) if annotation is bool else (flag,)
+        default = typer.Option(None, *decl, help=f"{entry['help']} [{', '.join(entry['methods'])}]",
+                               rich_help_panel="Method options")
+        params.insert(3 + len(names), inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                                        annotation=annotation | None))
+        names.append(name)
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        given = {n: kwargs.pop(n) for n in names}
+        return command(**kwargs, method_options={n: v for n, v in given.items() if v is not None})
+
+    wrapper.__signature__ = sig.replace(parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params])
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # typer must read the new signature, not the command's
+    return wrapper
+
+
+def _cli_type(hint) -> type:
+    """The command-line type of an option's type hint: int, float, bool or str (Literal choices, checked later)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    return base if base in (int, float, bool) else str
+
+
 @app.command()
+@_with_method_options
 def discover(
     model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
     task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name, or a .jsonl / .csv task file."),
     method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
-    tau: float | None = typer.Option(None, help="Pruning threshold (metric units; default depends on method)."),
     metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl | seq_logprob | seq_logit_diff "
                                                       "| a registered name | module:function"),
     ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
-    level: str | None = typer.Option(None, help="edge | node"),
     n_examples: int | None = typer.Option(None, "--n-examples", help="Number of prompts."),
     seed: int | None = typer.Option(None, help="Random seed (task sampling, search order)."),
     device: str | None = typer.Option(None, help="Torch device, e.g. cpu or cuda:0."),
     dtype: str | None = typer.Option(None, help="float32 | float64 | bfloat16 | float16"),
-    top_n: int | None = typer.Option(None, "--top-n", help="For score methods: keep the n best edges."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Examples per patched pass (default 32)."),
     processing: str | None = typer.Option(None, help="Weight processing of a Hugging Face model: none (default: the "
                                                      "checkpoint's own function) | fold-ln | transformer-lens."),
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub (as HF_HUB_OFFLINE=1)."),
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
-    config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options."),
+    config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options (method options "
+                                       "at the top level or in an \"options\" object)."),
     resume: bool = typer.Option(False, "--resume", help="acdc, hybrid, exact, head-pruning: continue an interrupted "
                                 "run from OUT/checkpoint.json."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in OUT."),
     checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", min=0,
                                            help="Seconds between checkpoints (also saved on Ctrl-C and SIGTERM)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    method_options: dict | None = None,
 ):
     """Find a circuit and write OUT/circuit.json, circuit.svg, config.json and the run record run.json.
 
+    Method options (--tau, --top-n, ...) come from the method registry; one the method does not use is an error.
     Example: acdc-lite discover --model induction-attn-2l --task induction --method acdc --out runs/acdc
     """
     from acdc_lite.pipeline import DiscoverConfig, discover_into
 
     def job():
-        cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, tau=tau, metric=metric,
-                                     ablation=ablation, level=level, n_examples=n_examples, seed=seed, device=device,
-                                     dtype=dtype, top_n=top_n, processing=processing, offline=offline or None)
+        cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, metric=metric, ablation=ablation,
+                                     n_examples=n_examples, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
+                                     processing=processing, offline=offline or None, **(method_options or {}))
         result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
-                   f"faithfulness {_number(c.metrics['faithfulness'])}, {c.cost['seconds']:.1f} s, "
-                   f"{c.cost['forward_passes']:.0f} forward passes")
+                   f"faithfulness {_number(c.metrics['faithfulness'])} on {c.method['metric']} ({c.ablation} ablation), "
+                   f"{c.cost['seconds']:.1f} s, {c.cost['search_forward_passes']:.0f} forward passes "
+                   f"(+ {c.cost['bookkeeping_forward_passes']:.0f} bookkeeping)")
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
         typer.echo(f"wrote {out}/: circuit.json, {'circuit.svg, ' if result.svg else ''}config.json, run.json")

@@ -16,6 +16,7 @@ from pathlib import Path
 # __init__); modules not listed are applications (layer "apps"): they may import everything below the CLI.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("acdc_lite.hooks", "acdc_lite.registry", "acdc_lite.layers", "acdc_lite.transformer", "acdc_lite.padding",
+                "acdc_lite.faithfulness",
                 "acdc_lite.metrics", "acdc_lite.boundary", "acdc_lite.runs")),
     ("shape", ("acdc_lite.shape",)),
     ("models, task", ("acdc_lite.models", "acdc_lite.task", "acdc_lite.zoo")),

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from acdc_lite.models import Processing, fingerprint, load_model
 from acdc_lite.patching import Ablation
 from acdc_lite.runs import DEFAULT_INTERVAL, RECORD, Checkpointer, RunLock, RunRecord, check_output_dir, interruptible
 from acdc_lite.search import CHECKPOINTED, METHODS, SearchError, discover
+from acdc_lite.search.methods import all_options, options_for
 from acdc_lite.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -32,25 +34,25 @@ CHECKPOINT = "checkpoint.json"
 
 @dataclass(frozen=True)
 class DiscoverConfig:
-    """The settings of one discover run; types and ranges are checked wherever they come from (`parse`)."""
+    """The settings of one discover run; types and ranges are checked wherever they come from (`parse`).
+
+    options: the method's options object, built from the method registry (`acdc_lite.search.methods`); in a
+    config file either an `"options": {...}` block or the same keys at the top level. An option the method does
+    not use is an error naming both."""
 
     model: str = DEFAULT_MODEL
     task: str = DEFAULT_TASK
     method: str = "hybrid"
-    tau: float | None = field(default=None, metadata={"ge": 0})
     metric: str | None = None
     ablation: str = "resample"
-    level: str = "edge"
     n_examples: int = field(default=64, metadata={"ge": 1})
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
-    top_n: int | None = field(default=None, metadata={"ge": 1})
-    target_faithfulness: float = field(default=0.9, metadata={"gt": 0, "le": 1})
-    ig_steps: int = field(default=5, metadata={"ge": 1})
     batch_size: int = field(default=32, metadata={"ge": 1})
     processing: str = "none"  # weight processing of a Hugging Face model (acdc_lite.models.Processing)
     offline: bool = False  # never try the Hugging Face hub
+    options: Any = None  # the method's options (None: its defaults; a dict is built into the options object)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -61,27 +63,62 @@ class DiscoverConfig:
             raise SearchError(f"unknown processing {self.processing!r}; choose one of {', '.join(p.value for p in Processing)}")
         if self.ablation not in {a.value for a in Ablation}:
             raise SearchError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(a.value for a in Ablation)}")
-        if self.level not in ("edge", "node"):
-            raise SearchError(f"unknown level {self.level!r}; choose edge or node")
         if self.device is not None:
             check_device(self.device)
+        if self.options is None or isinstance(self.options, dict):
+            object.__setattr__(self, "options", options_for(self.method, self.options or {}))
+        elif not isinstance(self.options, METHODS[self.method].options):
+            raise SearchError(f"options of {self.method} must be a {METHODS[self.method].options.__name__} or a dict, "
+                              f"got {type(self.options).__name__}")
 
     @classmethod
     def parse(cls, values: dict, source: str, as_options: bool = False) -> DiscoverConfig:
-        """From a dict of settings (strict types, ranges); errors name `source` and the field."""
-        return parse_settings(cls, values, source, as_options)
+        """From a dict of settings (strict types, ranges); errors name `source` and the field. Method options may
+        be in an "options" object or at the top level (not both for one option)."""
+        common, options = _split_options(values, source)
+        config = parse_settings(cls, common, source, as_options)
+        return replace(config, options=options_for(config.method, options, source, as_options))
 
     @classmethod
     def resolve(cls, config_file: str | Path | None = None, **overrides) -> DiscoverConfig:
-        """Defaults <- the JSON config file <- explicit overrides (None means 'not given')."""
+        """Defaults <- the JSON config file <- explicit overrides (None means 'not given'; method options by name)."""
         values = {}
         if config_file:
             values = read_json_object(config_file, "config file")
             cls.parse(values, f"config file {config_file}")
         given = {k: v for k, v in overrides.items() if v is not None}
-        cls.parse(given, "options", as_options=True)
-        return cls.parse({**values, **given}, f"config file {config_file} with the options" if config_file else "options",
+        parse_settings(cls, _split_options(given, "options")[0], "options", as_options=True)  # the options' own types
+        file_common, file_options = _split_options(values, f"config file {config_file}") if values else ({}, {})
+        given_common, given_options = _split_options(given, "options")
+        merged = {**file_common, **given_common, "options": {**file_options, **given_options}}
+        return cls.parse(merged, f"config file {config_file} with the options" if config_file else "options",
                          as_options=not config_file)
+
+    def to_dict(self) -> dict:
+        """JSON-able, as config.json holds it (method options in an "options" object)."""
+        return asdict(self)
+
+    def flat(self) -> dict:
+        """JSON-able with the method options at the top level (a checkpoint's settings: a difference names the option)."""
+        d = self.to_dict()
+        return {**{k: v for k, v in d.items() if k != "options"}, **d["options"]}
+
+
+def _split_options(values: dict, source: str) -> tuple[dict, dict]:
+    """(common settings, method options) of a settings dict: the "options" object plus any top-level key that is
+    some method's option."""
+    common = dict(values)
+    block = common.pop("options", None)
+    if block is None:
+        block = {}
+    if not isinstance(block, dict):
+        raise UsageError(f"{source}: options must be an object of method options, e.g. {{\"tau\": 0.01}}")
+    known = all_options()
+    flat = {k: common.pop(k) for k in list(common) if k in known}
+    both = sorted(set(flat) & set(block))
+    if both:
+        raise UsageError(f"{source}: {both[0]} is given both at the top level and in options; give it once")
+    return common, {**block, **flat}
 
 
 def check_device(device: str) -> torch.device:
@@ -135,17 +172,15 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Chec
                     config.task, len(task), config.n_examples, len(task))
         asked, config = config.n_examples, replace(config, n_examples=len(task))
     if checkpoint is None and checkpoint_dir is not None and config.method in CHECKPOINTED:
-        settings = {**asdict(config), "model_fingerprint": fingerprint(model), "task_hash": task_hash(task)}
+        settings = {**config.flat(), "model_fingerprint": fingerprint(model), "task_hash": task_hash(task)}
         checkpoint = Checkpointer(Path(checkpoint_dir) / CHECKPOINT, settings, checkpoint_interval, on_save=on_checkpoint)
         if resume and not checkpoint.exists():
             raise UsageError(f"nothing to resume in {checkpoint_dir}: no {CHECKPOINT} (a finished run removes it); "
                              "run without --resume")
         if not resume:
             checkpoint.remove()  # a fresh run: forget any earlier interrupted one
-    circuit = discover(model, task, config.method, seed=config.seed, ablation=config.ablation, metric=config.metric,
-                       tau=config.tau, level=config.level, top_n=config.top_n, target_faithfulness=config.target_faithfulness,
-                       ig_steps=config.ig_steps, batch_size=config.batch_size, progress=progress,
-                       **({"checkpoint": checkpoint} if checkpoint is not None else {}))
+    circuit = discover(model, task, config.method, options=config.options, seed=config.seed, ablation=config.ablation,
+                       metric=config.metric, batch_size=config.batch_size, progress=progress, checkpoint=checkpoint)
     circuit = with_detected_roles(circuit, model, task)
     svg, problem = None, None
     try:
@@ -188,7 +223,7 @@ def write_outputs(out: DiscoverOutput, directory: str | Path) -> list[Path]:
 def _config_json(config: DiscoverConfig) -> str:
     import json
 
-    return json.dumps(asdict(config), indent=1) + "\n"
+    return json.dumps(config.to_dict(), indent=1) + "\n"
 
 
 def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool = False, force: bool = False,
@@ -208,7 +243,7 @@ def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool
         raise UsageError(f"--resume: {config.method} does not checkpoint (it is one quick pass); run without --resume")
     if resume and not (directory / CHECKPOINT).is_file():
         raise UsageError(f"nothing to resume in {directory}: no {CHECKPOINT} (a finished run removes it); run without --resume")
-    settings = asdict(config)
+    settings = config.to_dict()
     with RunLock(directory, settings), interruptible():
         if force and not resume:
             for name in (*OUTPUTS, RECORD, CHECKPOINT):

@@ -51,6 +51,7 @@ import torch
 
 from acdc_lite import hooks
 from acdc_lite.circuit import Circuit, ModelRef
+from acdc_lite.faithfulness import faithfulness
 from acdc_lite.graph import INPUT_NODE, LOGITS_NODE, Edge, ModelGraph, Node, NodeKind, Port
 from acdc_lite.registry import MODEL_SOURCES, TASK_SOURCES, ModelSource, TaskSource
 from acdc_lite.task import Task, TaskError
@@ -715,7 +716,7 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
             kept = result.kept
             scores = edge_scores_from_nodes(graph, result.scores) if method in NODE_METHODS else result.scores
             has_scores = not torch.isnan(scores[valid]).all()
-            circuit = to_circuit(prog.model, task, result, ablation, search_metric, seed)
+            circuit = to_circuit(prog.model, task, result)
             gt = ground_truth(prog.ground_truth, scores if has_scores else kept.float(), circuit)
             magnitude = scores[valid].abs()
             magnitude = magnitude[torch.isfinite(magnitude)]  # node methods: input/logits edges are +inf
@@ -729,8 +730,9 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
                    "roc_auc_tol": tol_auc if has_scores else float("nan"), "roc_auc_binary": binary,
                    "edge_precision": gt.edges.precision, "edge_recall": gt.edges.recall,
                    "node_roc_auc": gt.node_auc, "node_precision": gt.nodes.precision, "node_recall": gt.nodes.recall,
-                   "faithfulness": (float(patcher.evaluate(kept, judge)[0]) - empty) / (full - empty),
-                   "forward_passes": result.forward_passes, "backward_passes": result.backward_passes,
+                   "faithfulness": faithfulness(float(patcher.evaluate(kept, judge)[0]), full, empty),
+                   "forward_passes": result.search_forward_passes,
+                   "bookkeeping_passes": result.bookkeeping_forward_passes, "backward_passes": result.backward_passes,
                    "seconds": seconds, "sweep_runs": 0, "sweep_forward_passes": 0.0, "sweep_seconds": 0.0}
             if method in NODE_METHODS:
                 row["roc_from"] = "node scores (edge: weaker endpoint)"
@@ -740,7 +742,7 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
                 for fraction in sweep:
                     swept = run(tau=fraction * gap)
                     points.append(edge_rates(graph, swept.kept, truth))
-                    passes += swept.forward_passes
+                    passes += swept.search_forward_passes
                 row.update(roc_auc=sweep_auc(points), roc_from=f"tau sweep ({len(sweep)} runs)", sweep_runs=len(sweep),
                            sweep_forward_passes=passes, sweep_seconds=time.perf_counter() - started)
             rows.append(row)

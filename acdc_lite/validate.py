@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite.circuit import Circuit, CircuitError, ModelRef
+from acdc_lite.faithfulness import PER_EXAMPLE_RTOL, faithfulness, gap_is_zero
 from acdc_lite.graph import Edge, ModelGraph, Node, NodeKind, connected_mask, jaccard, receiver_nodes, unit_members
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
 from acdc_lite.ranking import top_n
@@ -283,10 +284,6 @@ def _batched(items: Sequence, size: int):
         yield items[i:i + size]
 
 
-def _faith(m, full: float, empty: float):
-    return (m - empty) / (full - empty)
-
-
 # ---- curves and areas -----------------------------------------------------------------------------
 def area_under(fractions: Sequence[float], values: Sequence[float]) -> float:
     """Trapezoidal area under values(fractions), x not rescaled (MIB's convention): sum (x2-x1)(y1+y2)/2."""
@@ -317,7 +314,7 @@ def faithfulness_curve(patcher: EdgePatcher, metric: Callable, scores: torch.Ten
     values: list[float] = []
     for batch in tqdm(list(_batched(masks, candidates)), desc="faithfulness curve", disable=not progress, leave=False):
         values += patcher.evaluate(torch.stack(batch), metric).tolist()
-    f = [_faith(v, metric_full, metric_empty) for v in values]
+    f = [faithfulness(v, metric_full, metric_empty) for v in values]
     cpr, cmd = cpr_cmd(fractions, f)
     return FaithfulnessCurve(list(fractions), requested, [int(m.sum()) for m in masks], f, values, absolute, cpr, cmd)
 
@@ -400,8 +397,8 @@ def random_baseline(patcher: EdgePatcher, metric: Callable, kl: Callable, n_edge
         out = per_example_metrics(patcher, torch.stack(batch), {"metric": metric, "kl": kl})
         metric_v += out["metric"].mean(1).tolist()
         kl_v += (-out["kl"]).mean(1).tolist()
-    f = np.array([_faith(v, metric_full, metric_empty) for v in metric_v[0::2]])
-    comp = np.array([_faith(v, metric_full, metric_empty) for v in metric_v[1::2]])
+    f = np.array([faithfulness(v, metric_full, metric_empty) for v in metric_v[0::2]])
+    comp = np.array([faithfulness(v, metric_full, metric_empty) for v in metric_v[1::2]])
     kls = np.array(kl_v[0::2])
     return RandomBaseline(n_seeds, n_edges, float(f.mean()), float(f.std()), float(comp.mean()), float(comp.std()),
                           float(kls.mean()), float(kls.std()), f.tolist())
@@ -521,11 +518,12 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
              minimality_tol: float = 0.01, curve: bool = True, curve_scores: torch.Tensor | None = None,
              fractions: Sequence[float] = MIB_FRACTIONS, random_seeds: int = 5,
              search: Callable[[Task], Circuit] | None = None, n_bootstrap: int = 5,
-             reference: Circuit | None = None, check_weights: bool = True, batch_size: int = 32,
+             reference: Circuit | None = None, check_weights: bool = True, batch_size: int | None = None,
              candidates: int = 8, seed: int = 0, progress: bool = True) -> ValidationReport:
     """Validate `circuit` on `model` and `task`; see the module docstring for every number.
 
-    ablation: default the circuit's own (the one it was found with). metric: default the task's.
+    ablation, metric, batch_size: default the circuit's own (the settings its search recorded; a file without a
+    recorded metric: the task's), so validate measures what discover reported.
     curve_scores: [S, R] ranking for the curve, default `circuit.score_tensor()`. search: a callable
     `(task) -> Circuit` re-run on `n_bootstrap` resamples for stability (skipped if None).
     reference: a reference circuit for ROC AUC and precision/recall. random_seeds=0 skips the baseline.
@@ -544,7 +542,12 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
     if ablation.value != circuit.ablation:
         notes.append(f"validated with {ablation.value} ablation; the circuit was found with {circuit.ablation}")
         log.warning(notes[-1])
-    metric_name = metric or task.default_metric
+    recorded = circuit.method if isinstance(circuit.method, dict) else {}
+    metric_name = metric or recorded.get("metric") or task.default_metric
+    if recorded.get("metric") and metric_name != recorded["metric"]:
+        notes.append(f"validated on {metric_name}; the circuit was found on {recorded['metric']}")
+        log.warning(notes[-1])
+    batch_size = batch_size or int(recorded.get("batch_size") or 32)
     graph = circuit.graph
     circuit_mask = circuit.mask()
     if not graph.is_tied(circuit_mask):
@@ -563,15 +566,15 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
         m, kl = out["metric"], -out["kl"]  # [4, N]
         full, empty, circ, comp = (float(x) for x in m.mean(1))
         gap = full - empty
-        if abs(gap) < 1e-8:
+        if gap_is_zero(full, empty):
             raise ValueError(f"the full and the ablated model give the same {metric_name} ({full:.4g}); faithfulness "
                              "is undefined. Check that the corrupted prompts change the behaviour")
         report = dict(
             task=task.name, model=circuit.model.name, method=str(circuit.method.get("name", "")), ablation=ablation.value,
             metric=metric_name, n_examples=len(task), n_edges=len(circuit.edges),
             n_nodes=len(circuit.nodes), n_edges_total=graph.n_edges(), metric_full=full, metric_empty=empty,
-            metric_circuit=circ, metric_complement=comp, faithfulness=_faith(circ, full, empty),
-            completeness=_faith(comp, full, empty), kl_circuit=float(kl[2].mean()), kl_empty=float(kl[1].mean()),
+            metric_circuit=circ, metric_complement=comp, faithfulness=faithfulness(circ, full, empty),
+            completeness=faithfulness(comp, full, empty), kl_circuit=float(kl[2].mean()), kl_empty=float(kl[1].mean()),
             kl_complement=float(kl[3].mean()), per_example=_per_example(m, abs(gap)),
         )
         if check_minimality and circuit.edges:
@@ -602,13 +605,14 @@ def validate(model: nn.Module, task: Task, circuit: Circuit, ablation: Ablation 
     return result
 
 
-def _per_example(m: torch.Tensor, mean_gap: float, rel: float = 1e-3) -> PerExample:
+def _per_example(m: torch.Tensor, mean_gap: float, rel: float = PER_EXAMPLE_RTOL) -> PerExample:
     """m: [4, N] per-example metric of full, empty, circuit, complement."""
     full, empty, circ = m[0].double(), m[1].double(), m[2].double()
     gap = full - empty
     min_gap = rel * mean_gap
     ok = gap.abs() >= min_gap
-    f = torch.where(ok, (circ - empty) / torch.where(ok, gap, torch.ones_like(gap)), torch.tensor(float("nan"), dtype=torch.float64))
+    safe_full = torch.where(ok, full, empty + 1)  # an excluded example divides by 1, then becomes NaN
+    f = torch.where(ok, faithfulness(circ, safe_full, empty), torch.tensor(float("nan"), dtype=torch.float64))
     kept = f[ok].numpy()
     if len(kept) == 0:
         q = [float("nan")] * 5

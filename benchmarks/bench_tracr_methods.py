@@ -121,16 +121,19 @@ def markdown(df: pd.DataFrame, inert: dict[str, list[str]], seconds: float) -> l
            "EAP, EAP-IG, exact: the fewest top-ranked edges reaching faithfulness 0.9 on the search metric). Node "
            "precision/recall count heads and MLPs; node AUC is n/a when every node is in the ground truth (hist). "
            "Forward/backward passes are in units of one pass over the task's examples (partial-layer passes count "
-           "fractionally); ACDC's tau sweep is extra and listed separately.", "",
+           "fractionally); *fwd* counts the search's own passes, *bookkeeping* those spent on m(full) and m(empty) "
+           "(which auto tau reads), selecting a circuit from scores and evaluating the final circuit "
+           "(`SearchResult.bookkeeping`); ACDC's tau sweep is extra and listed separately (search passes).", "",
            "| program | method | metric | edges | ROC AUC | from | tol AUC | binary AUC | edge P | edge R | node AUC | "
-           "node P | node R | faithfulness (l2) | fwd | bwd | s | sweep runs | sweep fwd | sweep s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "node P | node R | faithfulness (l2) | fwd | bookkeeping | bwd | s | sweep runs | sweep fwd | sweep s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.to_dict("records"):
         sweep = [str(r["sweep_runs"]), f"{r['sweep_forward_passes']:.0f}", f"{r['sweep_seconds']:.2f}"] if r["sweep_runs"] else [""] * 3
         md.append(f"| {r['program']} | {r['method']} | {r['metric']} | {r['edges']} | {fmt(r['roc_auc'])} | {r['roc_from']} | "
                   f"{fmt(r['roc_auc_tol'])} | {fmt(r['roc_auc_binary'])} | {fmt(r['edge_precision'], 2)} | {fmt(r['edge_recall'], 2)} | "
                   f"{fmt(r['node_roc_auc'], 2)} | {fmt(r['node_precision'], 2)} | {fmt(r['node_recall'], 2)} | "
-                  f"{fmt(r['faithfulness'])} | {r['forward_passes']:.0f} | {r['backward_passes']:.0f} | {r['seconds']:.2f} | "
+                  f"{fmt(r['faithfulness'])} | {r['forward_passes']:.0f} | {r['bookkeeping_passes']:.0f} | "
+                  f"{r['backward_passes']:.0f} | {r['seconds']:.2f} | "
                   + " | ".join(sweep) + " |")
     return md
 

@@ -141,6 +141,10 @@ CASES = [
          2, "is a file, not a folder"),
     Case("out-under-file", "option", "`--out` inside a file", lambda b, d: ["discover", "--quiet", "--out", _write(d / "f", "x") / "o"],
          2, "cannot be made there"),
+    Case("option-unused", "option", "`--top-n 5 --method acdc`", lambda b, d: D(b, d, "--method", "acdc", "--top-n", "5"), 2,
+         "acdc does not use --top-n"),
+    Case("selection-twice", "option", "`--top-n 5 --threshold 0.1` (eap)",
+         lambda b, d: D(b, d, "--method", "eap", "--top-n", "5", "--threshold", "0.1"), 2, "give one of top_n, threshold"),
     Case("resume-nothing", "option", "`--resume` with no checkpoint", lambda b, d: D(b, d, "--method", "acdc", "--resume"), 2,
          "nothing to resume"),
     Case("resume-eap", "option", "`--resume` for a one-pass method", lambda b, d: D(b, d, "--method", "eap", "--resume"), 2,
@@ -149,10 +153,14 @@ CASES = [
     Case("config-n-examples-string", "config file", '`"n_examples": "5"`', lambda b, d: C(b, d, n_examples="5"), 2,
          "without quotes"),
     Case("config-tau-string", "config file", '`"tau": "0.1"`', lambda b, d: C(b, d, tau="0.1"), 2, "tau"),
-    Case("config-target-string", "config file", '`"target_faithfulness": "high"`', lambda b, d: C(b, d, target_faithfulness="high"),
-         2, "target_faithfulness"),
-    Case("config-target-above-one", "config file", '`"target_faithfulness": 5.0`', lambda b, d: C(b, d, target_faithfulness=5.0),
-         2, "less than or equal to 1"),
+    Case("config-target-string", "config file", '`"target_faithfulness": "high"` (eap)',
+         lambda b, d: C(b, d, method="eap", target_faithfulness="high"), 2, "target_faithfulness"),
+    Case("config-target-above-one", "config file", '`"target_faithfulness": 5.0` (eap)',
+         lambda b, d: C(b, d, method="eap", target_faithfulness=5.0), 2, "less than or equal to 1"),
+    Case("config-option-unused", "config file", '`"top_n": 5` for acdc (an option acdc does not use)',
+         lambda b, d: C(b, d, method="acdc", options={"top_n": 5}), 2, "acdc does not use top_n; it is an option of eap"),
+    Case("config-options-not-object", "config file", '`"options": [1]`', lambda b, d: C(b, d, options=[1]), 2,
+         "options must be an object"),
     Case("config-batch-zero", "config file", '`"batch_size": 0`', lambda b, d: C(b, d, batch_size=0), 2, "batch_size"),
     Case("config-seed-bool", "config file", '`"seed": true`', lambda b, d: C(b, d, seed=True), 2, "seed"),
     Case("config-unknown-key", "config file", '`"taus": 0.1` (unknown key)', lambda b, d: C(b, d, taus=0.1), 2, "unknown setting"),
@@ -322,7 +330,7 @@ def test_force_overwrites_a_finished_run(base, tmp_path):
     res = run(*D(base, tmp_path, "--method", "eap", "--top-n", "3", "--force"))
     assert res.exit_code == 0, res.output
     assert len(json.loads((out / "circuit.json").read_text())["edges"]) <= 3
-    assert json.loads((out / "run.json").read_text())["settings"]["top_n"] == 3
+    assert json.loads((out / "run.json").read_text())["settings"]["options"]["top_n"] == 3
     assert (out / "stale.txt").read_text() == "kept"  # only the run's own files are replaced
 
 
@@ -331,7 +339,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | s
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
                     max_leaves=6)
 FIELDS = ["model", "task", "method", "tau", "metric", "ablation", "level", "n_examples", "seed", "device", "dtype", "top_n",
-          "target_faithfulness", "ig_steps", "batch_size"]
+          "target_faithfulness", "ig_steps", "batch_size", "options", "threshold", "include_mlps", "shuffle_seed"]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

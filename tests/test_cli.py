@@ -37,7 +37,7 @@ def test_discover_writes_circuit_svg_and_config(setup):
     assert "faithfulness" in res.output
     circuit = json.loads((out / "circuit.json").read_text())
     assert circuit["method"]["name"] == "eap-ig" and len(circuit["edges"]) <= 10
-    assert json.loads((out / "config.json").read_text())["top_n"] == 10
+    assert json.loads((out / "config.json").read_text())["options"]["top_n"] == 10
     if (out / "circuit.svg").exists():
         assert "<svg" in (out / "circuit.svg").read_text()
 

@@ -44,7 +44,8 @@ def test_search_refuses_when_corrupt_equals_clean(small_model, toy_task):
 
 @pytest.mark.parametrize("method,at", [("acdc", 25), ("hybrid", 12), ("exact", 5), ("head-pruning", 4)])
 def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch, method, at):
-    whole = search(small_model, toy_task, method, tau=0.02, progress=False)
+    option, value, other = ("top_n", 5, 6) if method == "exact" else ("tau", 0.02, 0.03)  # exact has no tau
+    whole = search(small_model, toy_task, method, progress=False, **{option: value})
     ckpt = str(tmp_path / "ckpt.json")
     real = SearchContext.evaluate
     calls = {"n": 0}
@@ -57,13 +58,13 @@ def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monk
 
     monkeypatch.setattr(SearchContext, "evaluate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        search(small_model, toy_task, method, tau=0.02, checkpoint=ckpt, progress=False)
+        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: value})
     monkeypatch.setattr(SearchContext, "evaluate", real)
     saved = json.loads(Path(ckpt).read_text())
     assert saved["method"] == ("acdc" if method == "hybrid" else method) and saved["state"]["forward_passes"] > 0
-    with pytest.raises(UsageError, match="settings differ: tau"):
-        search(small_model, toy_task, method, tau=0.03, checkpoint=ckpt, progress=False)
-    resumed = search(small_model, toy_task, method, tau=0.02, checkpoint=ckpt, progress=False)
+    with pytest.raises(UsageError, match=f"settings differ: {option}"):
+        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: other})
+    resumed = search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: value})
     assert torch.equal(resumed.kept, whole.kept)
     assert torch.equal(resumed.scores.nan_to_num(-9), whole.scores.nan_to_num(-9))  # the same arithmetic, bit for bit
     assert resumed.forward_passes < whole.forward_passes  # the saved part was not redone
@@ -99,7 +100,11 @@ def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_pat
     c = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
     assert len(c.edges) <= 12
     assert set(c.provenance) == {"package_version", "seed", "torch_version"}  # nothing that differs between runs
-    assert set(c.cost) == {"seconds", "forward_passes", "backward_passes"} and c.cost["backward_passes"] == 5
+    assert set(c.cost) == {"seconds", "forward_passes", "search_forward_passes", "bookkeeping_forward_passes", "bookkeeping",
+                           "backward_passes"}
+    # the search: 5 integrated-gradient steps; bookkeeping: m(full), m(empty) and the circuit (top-n needs no pass)
+    assert (c.cost["search_forward_passes"], c.cost["backward_passes"]) == (5, 5)
+    assert c.cost["bookkeeping"] == {"reference": 2, "selection": 0, "final evaluation": 1} and c.cost["forward_passes"] == 8
     assert "faithfulness" in c.metrics
     c.save(tmp_path / "c.json")
     again = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
@@ -110,8 +115,8 @@ def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_pat
                                           ({"method": "eap", "metric": "kl"}, "zero gradient.*use --metric logit_diff"),
                                           ({"method": "acdc", "tau": float("nan")}, "finite"),
                                           ({"method": "acdc", "tau": float("inf")}, "finite"),
-                                          ({"method": "eap", "top_n": -1}, "top_n must be at least 1"),
-                                          ({"method": "eap", "target_faithfulness": 5.0}, r"\(0, 1\]"),
+                                          ({"method": "eap", "top_n": -1}, "top_n = -1 .*greater than or equal to 1"),
+                                          ({"method": "eap", "target_faithfulness": 5.0}, "less than or equal to 1"),
                                           ({"method": "eap", "batch_size": 0}, "batch_size")])
 def test_bad_arguments_are_clear_errors(small_model, toy_task, kwargs, match):
     with pytest.raises(SearchError, match=match):

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from acdc_lite.circuit import Circuit
+from acdc_lite.faithfulness import gap_is_zero
 from acdc_lite.graph import Edge, ModelGraph, Node, Port
 from acdc_lite.models import model_info
 from acdc_lite.patching import Ablation, EdgePatcher, ablated_outputs, eval_mode
@@ -73,7 +74,7 @@ class PathPatcher:
             ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size)
             patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size)
             full, empty = (float(v) for v in patcher.evaluate(torch.stack([graph.full_mask(), graph.empty_mask()]), metric_fn))
-        if abs(full - empty) < 1e-8:
+        if gap_is_zero(full, empty):
             raise TaskError(f"task {task.name!r}: the model and the {ablation.value}-ablated model give the same "
                             f"{metric_name} ({full:.4g}); path effects need a gap")
         return cls(patcher, metric_fn, metric_name, ablation, full, empty, model_info(model).name, task.name)

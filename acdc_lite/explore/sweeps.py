@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.faithfulness import gap_is_zero
 from acdc_lite.models import model_info
 from acdc_lite.task import Task, TaskError, Vocabulary
 
@@ -269,7 +270,7 @@ def sweep(model: nn.Module, task: Task, kind: SweepKind | str = SweepKind.HEAD_O
             positions = torch.arange(task.seq_len)[None, :].expand(len(task), -1)
     seconds = time.perf_counter() - start
     gap = clean_value - corrupt_value
-    if abs(gap) < 1e-9:
+    if gap_is_zero(clean_value, corrupt_value):
         raise TaskError(f"task {task.name!r}: clean and corrupted prompts give the same {metric_name} ({clean_value:.4g}); "
                         "a sweep needs a clean-corrupt gap")
     share = (frame["metric"] - corrupt_value) / gap if direction is Direction.DENOISE else (clean_value - frame["metric"]) / gap

@@ -88,7 +88,7 @@ def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, slot: tuple[int, ...]
 def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
     """ACDC on `ctx` (see module docstring). Scores: the metric drop each tested edge caused."""
     graph, patcher = ctx.graph, ctx.patcher
-    metric_full = float(ctx.evaluate(graph.full_mask()))
+    metric_full = ctx.metric_full  # bookkeeping: measured once per search (SearchContext.reference)
     prefix = patcher.record_prefix(graph.full_mask())  # layers below the visited receiver stay full
     saved = _load_checkpoint(config.checkpoint, graph)
     if saved is not None:
@@ -96,7 +96,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         log.info("resuming ACDC from %s: %d receivers done", config.checkpoint.path, len(done_receivers))
     else:
         kept, scores, trajectory, done_receivers = graph.full_mask(), torch.full(graph.valid.shape, float("nan")), [], []
-        current, floor = float(ctx.evaluate(kept)), 0.0  # floor: one suffix pass per tested edge
+        current, floor = metric_full, 0.0  # kept is the full mask; floor: one suffix pass per tested edge
     snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
     done = set(done_receivers)
     order = [slot for slot in receiver_order(graph) if slot[0] not in done]
@@ -152,7 +152,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         method="acdc", params={"tau": config.tau, "batch": config.batch, "shuffle_seed": config.shuffle_seed},
         kept=kept, scores=scores, trajectory=trajectory, forward_passes=patcher.forward_passes,
         backward_passes=patcher.backward_passes, seconds=ctx.seconds(), metric_full=metric_full,
-        metric_empty=float(ctx.evaluate(graph.empty_mask())), metric_circuit=float(ctx.evaluate(kept)),
+        metric_empty=ctx.metric_empty, metric_circuit=ctx.final(kept),
         stats={"tested_edges": int((~scores.isnan()).sum()), "floor_forward_passes": floor},
     )
 

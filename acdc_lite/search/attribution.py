@@ -51,7 +51,7 @@ def exact(ctx: SearchContext, batch: int = 16, progress: bool = True, max_edges:
     if graph.n_edges() > max_edges:
         raise ValueError(f"exact patching of {graph.n_edges()} edges is too slow; raise max_edges or use eap-ig")
     full = graph.full_mask()
-    metric_full = float(ctx.evaluate(full))
+    metric_full = ctx.metric_full
     prefix = ctx.patcher.record_prefix(full)
     scores = torch.full(graph.valid.shape, float("nan"))
     by_layer: dict[int, list] = {}

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from acdc_lite.faithfulness import faithfulness
 from acdc_lite.graph import ModelGraph, NodeKind, connected_mask
 from acdc_lite.patching import Ablation, EdgePatcher, Metric, ablated_outputs
+from acdc_lite.search.spec import Settings
 from acdc_lite.task import Task
 
 
 @dataclass
 class SearchContext:
-    """A model, its graph, a task and the patcher that evaluates edge sets on it."""
+    """A model, its graph, a task and the patcher that evaluates edge sets on it.
+
+    Forward passes spent on bookkeeping (the reference values m(full) and m(empty), selecting a circuit from
+    scores, evaluating the final circuit) are tallied by kind in `bookkeeping` (`counted_as`), apart from the
+    search's own; the patcher's counters hold the total.
+    """
 
     model: nn.Module
     graph: ModelGraph
@@ -25,6 +34,9 @@ class SearchContext:
     metric_name: str
     ablation: Ablation
     started: float = field(default_factory=time.perf_counter)
+    bookkeeping: dict[str, float] = field(default_factory=dict)  # kind -> forward passes
+    _reference: tuple[float, float] | None = None
+    _counting: bool = False
 
     @classmethod
     def build(cls, model: nn.Module, task: Task, metric: str | None = None, ablation: Ablation | str = Ablation.RESAMPLE,
@@ -44,6 +56,39 @@ class SearchContext:
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    @contextmanager
+    def counted_as(self, kind: str) -> Iterator[None]:
+        """Count the forward passes run inside as bookkeeping of `kind` (not nested: the outer kind counts)."""
+        if self._counting:
+            yield
+            return
+        before, self._counting = self.patcher.forward_passes, True
+        try:
+            yield
+        finally:
+            self._counting = False
+            self.bookkeeping[kind] = self.bookkeeping.get(kind, 0.0) + self.patcher.forward_passes - before
+
+    def reference(self) -> tuple[float, float]:
+        """(m(full), m(empty)): measured once, as bookkeeping ("reference"), and reused by every step that needs them."""
+        if self._reference is None:
+            with self.counted_as("reference"):
+                self._reference = (float(self.evaluate(self.graph.full_mask())), float(self.evaluate(self.graph.empty_mask())))
+        return self._reference
+
+    @property
+    def metric_full(self) -> float:
+        return self.reference()[0]
+
+    @property
+    def metric_empty(self) -> float:
+        return self.reference()[1]
+
+    def final(self, kept: torch.Tensor) -> float:
+        """The metric of the found circuit [S, R] (bookkeeping: "final evaluation")."""
+        with self.counted_as("final evaluation"):
+            return float(self.evaluate(kept))
+
 
 @dataclass
 class SearchResult:
@@ -52,6 +97,8 @@ class SearchResult:
     kept: [S, R] bool; scores: [S, R] float (higher = more important to the clean behaviour, signed),
     NaN for edges the method did not score. trajectory: one dict per step (metric, edges, passes).
     Passes are in units of one pass over all examples; a pass recomputing layers l.. of L counts (L - l) / L.
+    forward_passes is the total; `search_forward_passes` leaves out the `bookkeeping` (reference values,
+    selection, final evaluation; the corrupted-activation cache is never counted).
     """
 
     method: str
@@ -66,11 +113,21 @@ class SearchResult:
     metric_empty: float
     metric_circuit: float
     stats: dict = field(default_factory=dict)  # method-specific counts, e.g. ACDC's tested edges and pass floor
+    settings: Settings | None = None  # every resolved setting (set by `search`)
+    bookkeeping: dict[str, float] = field(default_factory=dict)  # forward passes not spent by the search, by kind
 
     @property
     def faithfulness(self) -> float:
-        denom = self.metric_full - self.metric_empty
-        return float("nan") if abs(denom) < 1e-12 else (self.metric_circuit - self.metric_empty) / denom
+        return faithfulness(self.metric_circuit, self.metric_full, self.metric_empty)
+
+    @property
+    def bookkeeping_forward_passes(self) -> float:
+        return sum(self.bookkeeping.values())
+
+    @property
+    def search_forward_passes(self) -> float:
+        """Forward passes the search itself spent (`forward_passes` is the total, bookkeeping included)."""
+        return self.forward_passes - self.bookkeeping_forward_passes
 
     @property
     def n_edges(self) -> int:

@@ -40,13 +40,13 @@ def _result(ctx, method, params, removed, node_scores, trajectory, metric_full) 
     return SearchResult(method=method, params=params, kept=kept, scores=scores, trajectory=trajectory,
                         forward_passes=ctx.patcher.forward_passes, backward_passes=ctx.patcher.backward_passes,
                         seconds=ctx.seconds(), metric_full=metric_full,
-                        metric_empty=float(ctx.evaluate(graph.empty_mask())), metric_circuit=float(ctx.evaluate(kept)))
+                        metric_empty=ctx.metric_empty, metric_circuit=ctx.final(kept))
 
 
 def run(ctx: SearchContext, config: HeadPruningConfig = HeadPruningConfig()) -> SearchResult:
     """Iterative pruning. Node score: the metric drop its removal caused (or would cause, if kept)."""
     graph = ctx.graph
-    metric_full = float(ctx.evaluate(graph.full_mask()))
+    metric_full = ctx.metric_full
     current = metric_full
     removed: list[int] = []
     node_scores: dict[int, float] = {}

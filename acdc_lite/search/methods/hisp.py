@@ -1,0 +1,28 @@
+"""HISP: one-shot head-importance-score ranking (node level, one gradient pass; `search.head_pruning.hisp`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acdc_lite.search.methods._tau import tau_field
+from acdc_lite.search.methods.head_pruning import include_mlps_field
+from acdc_lite.search.spec import Level, MethodSpec, Runtime
+
+
+@dataclass(frozen=True)
+class HISPOptions:
+    """HISP's options: as head-pruning's (one ranking instead of re-measuring)."""
+
+    tau: float | None = tau_field()
+    include_mlps: bool = include_mlps_field()
+
+
+def run(ctx, options: HISPOptions, runtime: Runtime):
+    from acdc_lite.search import head_pruning
+
+    return head_pruning.hisp(ctx, head_pruning.HeadPruningConfig(tau=options.tau, include_mlps=options.include_mlps,
+                                                                 progress=runtime.progress))
+
+
+SPEC = MethodSpec("hisp", "one-shot head-importance-score ranking (node level)", HISPOptions, run, level=Level.NODE,
+                  gradient=True, tau_share=0.05)
