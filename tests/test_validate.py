@@ -208,3 +208,28 @@ def test_grouped_query_attention_model(task):
         sibling = e.replace(f".h{head}<", f".h{head ^ 1}<")
         assert necessity[sibling] == necessity[e]
     assert report.curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_validator_is_one_frozen_setting_and_reads_the_circuits_own(small_model, task):
+    """`Validator(...).run` is `validate`; by default it measures on the circuit's recorded metric and batch size."""
+    import dataclasses
+
+    from acdc_lite.validate import Validator
+
+    graph = ModelGraph.from_model(small_model)
+    scores = random_scores(graph, 3)
+    circuit = circuit_of(small_model, connected_mask(graph, scores > 0.4), scores)
+    validator = Validator(**FAST)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        validator.metric = "kl"
+    a = validator.run(small_model, task, circuit)
+    b = validate(small_model, task, circuit, **FAST)
+    assert (a.faithfulness, a.completeness, a.metric) == (b.faithfulness, b.completeness, b.metric) == (
+        a.faithfulness, a.completeness, task.default_metric)
+    on_kl = dataclasses.replace(circuit, method={"name": "acdc", "metric": "kl", "batch_size": 3})
+    report = validator.run(small_model, task, on_kl)
+    assert report.metric == "kl" and report.notes == []
+    assert report.metric_full == pytest.approx(0.0, abs=1e-6)  # -KL of the full model to itself
+    other = Validator(metric="logit_diff", **FAST).run(small_model, task, on_kl)
+    assert other.metric == "logit_diff" and other.notes == ["validated on logit_diff; the circuit was found on kl"]
+    assert other.faithfulness == pytest.approx(a.faithfulness, abs=1e-5)
