@@ -207,3 +207,18 @@ def test_search_error_names_unknown_methods_and_conflicting_selection(small_mode
         search(small_model, toy_task, "eap", top_n=3, threshold=0.1, progress=False)
     with pytest.raises(SearchError, match="options object or as keywords, not both"):
         search(small_model, toy_task, "eap", {"top_n": 3}, top_n=4, progress=False)
+
+
+def test_a_method_declaring_no_gqa_support_is_refused_on_a_gqa_model(monkeypatch):
+    from acdc_lite import load_model
+    from tests.conftest import BUILDERS
+
+    torch.manual_seed(0)
+    gqa = load_model(BUILDERS["llama-gqa"]())
+    g = torch.Generator().manual_seed(2)
+    task = Task("toy", torch.randint(1, 20, (4, 5), generator=g), torch.randint(1, 20, (4, 5), generator=g),
+                torch.randint(1, 20, (4, 1), generator=g), torch.randint(1, 20, (4, 1), generator=g))
+    monkeypatch.setitem(METHODS, "eap", replace(METHODS["eap"], gqa=False))
+    with pytest.raises(SearchError, match="eap does not support grouped-query attention"):
+        search(gqa, task, "eap", progress=False)
+    assert search(gqa, task, "eap-ig", top_n=5, progress=False).n_edges > 0  # declared True: runs
