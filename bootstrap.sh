@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up acdc-lite from nothing: a virtualenv in .venv, the CPU build of torch 2.13.0 first
-# (a bare torch requirement would pull a multi-GB CUDA build), the package with its dev and tracr extras
-# (tracr-pypi + jax on CPU: about 10 s more),
+# (a bare torch requirement would pull a multi-GB CUDA build), the package with its dev, tracr, features and
+# probe extras (tracr-pypi + jax on CPU: about 10 s more; eai-sparsify and scikit-learn: a few seconds),
 # and graphviz's `dot` for rendering when it is missing and apt is available.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -26,7 +26,7 @@ explore_app = typer.Typer(no_args_is_help=True, help="Look at a model on a task:
                                                      "head detectors, logit lens, neurons.")
 app.add_typer(explore_app, name="explore")
 
-STATE = {"debug": False}
+STATE: dict = {"debug": False, "track": None}
 
 
 def _version_text() -> str:
@@ -45,8 +45,11 @@ def _print_version(value: bool) -> None:
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
          version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                      help="Print the version and exit.")):
+                                      help="Print the version and exit."),
+         track: Path | None = typer.Option(None, "--track", help="Also log each run's record and outputs to a local MLflow "
+                                           "store in this folder (needs acdc-lite[track]).")):
     STATE["debug"] = debug
+    STATE["track"] = track
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -63,11 +66,19 @@ def _number(x) -> str:
 
 
 def _guard(fn):
+    import time
+
     from acdc_lite.boundary import UsageError
     from acdc_lite.runs import Terminated
 
+    STATE["started"] = time.perf_counter()
     try:
-        return fn()
+        result = fn()
+        if STATE["track"] is not None and isinstance(result, Path) and result.is_file():
+            from acdc_lite.tracking import log_record
+
+            typer.echo(f"tracked as MLflow run {log_record(result, STATE['track'])} in {STATE['track']}", err=True)
+        return result
     except typer.Exit:
         raise
     except KeyboardInterrupt as e:
@@ -170,6 +181,7 @@ def discover(
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
         typer.echo(f"wrote {out}/: circuit.json, {'circuit.svg, ' if result.svg else ''}config.json, run.json")
+        return Path(out) / "run.json"
 
     _guard(job)
 
@@ -222,6 +234,7 @@ def validate(
 
             files = plot_validation(report, plot_dir or circuit.parent / "validation")
             typer.echo("wrote " + ", ".join(str(f) for f in files), err=as_json)
+        return record.path if record is not None else None
 
     _guard(job)
 
@@ -401,6 +414,20 @@ def _explore_inputs(model: str | None, task: str | None, circuit: Path | None, n
     return hooked, load_task(task or DEFAULT_TASK, hooked, n_examples=n_examples or 64, seed=seed or 0), None
 
 
+def _explore_record(out: Path, command: str, loaded_model, loaded_task, files, **settings) -> Path:
+    """Write OUT/run.json for an explore command that wrote `files` (its time counted from the command's start)."""
+    from acdc_lite.runs import RunRecord
+
+    run = {"model": settings.get("model"), "task": settings.get("task"), "method": command}
+    if loaded_model is not None:
+        from acdc_lite.shape import model_info
+
+        run = {"model": model_info(loaded_model).name, "task": loaded_task.name, "method": command}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+    names = sorted({Path(f).relative_to(out).as_posix() if Path(f).is_relative_to(out) else str(f) for f in files})
+    return RunRecord(out, command, settings).start(since=STATE.get("started")).finish("finished", outputs=names, run=run)
+
+
 _EXPLORE_MODEL = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name (default: the "
                               "circuit's, else discover's default).")
 _EXPLORE_TASK = typer.Option(None, "--task", "-t", help="Built-in task name or a JSONL file (default: the circuit's).")
@@ -430,6 +457,8 @@ def explore_heads(
         hooked, t, _ = _explore_inputs(model, task, None, n_examples, seed)
         paths = write_heads(hooked, t, out, prompts=chosen, html=html)
         typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+        return _explore_record(out, "explore heads", hooked, t, paths, model=model, task=task, n_examples=n_examples,
+                               seed=seed, prompts=prompts, html=html)
 
     _guard(job)
 
@@ -452,6 +481,8 @@ def explore_lens(
         hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
         paths = write_lens(hooked, t, out, circuit=c, metric=metric)
         typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+        return _explore_record(out, "explore lens", hooked, t, paths, model=model, task=task, n_examples=n_examples,
+                               seed=seed, circuit=circuit, metric=metric)
 
     _guard(job)
 
@@ -478,6 +509,8 @@ def explore_neurons(
         hooked, t, c = _explore_inputs(model, task, circuit, n_examples, seed)
         paths = write_neurons(hooked, t, out, mlps=mlp or None, circuit=c, top_k=top_k)
         typer.echo(f"wrote {len(paths)} files; see {paths[-1]}")
+        return _explore_record(out, "explore neurons", hooked, t, paths, model=model, task=task, n_examples=n_examples,
+                               seed=seed, mlp=mlp, circuit=circuit, top_k=top_k)
 
     _guard(job)
 
@@ -529,6 +562,8 @@ def explore_patch(
 
         files = run_patch(model, task, out, kinds=kinds, direction=direction, metric=metric, n_examples=n_examples, seed=seed)
         typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
+        return _explore_record(out, "explore patch", None, None, files, model=model, task=task, kinds=kinds,
+                               direction=direction, metric=metric, n_examples=n_examples, seed=seed)
 
     _guard(job)
 
@@ -555,6 +590,8 @@ def explore_paths(
         files = run_paths(model, task, out, circuit=circuit, edges=edge, ablation=ablation, metric=metric,
                           n_examples=n_examples, seed=seed)
         typer.echo(f"wrote {len(files)} files into {out} (see {out / 'index.md'})")
+        return _explore_record(out, "explore paths", None, None, files, model=model, task=task, circuit=circuit, edge=edge,
+                               ablation=ablation, metric=metric, n_examples=n_examples, seed=seed)
 
     _guard(job)
 
@@ -628,6 +665,9 @@ def sae_train(
                                      "the edge carries most on training examples)."),
     out: Path = typer.Option(Path("runs/sae"), "--out", "-o", help="Output directory."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished run in OUT."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training from OUT/checkpoint.safetensors."),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", min=0,
+                                           help="Seconds between training checkpoints (also saved on Ctrl-C and SIGTERM)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train a sparse dictionary on one site; report FVU, L0, dead latents and the task metric with it spliced in.
@@ -643,7 +683,8 @@ def sae_train(
         cfg = SAEConfig(site=site, transcoder=transcoder, n_latents=n_latents, k=k, steps=steps, batch_size=batch_size,
                         lr=lr, holdout=holdout, seed=seed)
         report = train_sae_into(out, cfg, model=model, task=task, n_examples=n_examples, edge=edge,
-                                variable=variable or "answer", value=value, force=force, progress=not quiet)
+                                variable=variable or "answer", value=value, force=force, resume=resume,
+                                checkpoint_interval=checkpoint_every, progress=not quiet)
         r = report["reconstruction"]
         typer.echo(f"{report['site']} of {report['model']}: FVU {r['fvu']:.4f}, L0 {r['l0']:.2f}, dead {r['dead']}/{r['n_latents']}, "
                    f"{r['metric']} {r['metric_model']:.4f} -> {r['metric_spliced']:.4f} spliced ({r['metric_change']:.1%})")
@@ -654,5 +695,74 @@ def sae_train(
                        f"(random features: {report['feature']['random_share_mean']:.1%})")
         typer.echo(f"wrote {out}/: dictionary.safetensors, dictionary.json, report.json, report.md, run.json")
         return Path(out) / "run.json"
+
+    _guard(job)
+
+
+@app.command()
+def probe(
+    variable: str = typer.Option("answer", "--variable", help="answer (the answer token; induction: the token to be "
+                                 "copied) | carry (addition) | foil."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory or hub name "
+                                     "(default: induction-attn-2l)."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task or task file (default: a zoo model's task)."),
+    site: list[str] = typer.Option([], "--site", "-s", help="A site to probe (repeatable; default: every residual stream "
+                                   "and, unless --no-heads, every head's output)."),
+    heads: bool = typer.Option(True, "--heads/--no-heads", help="Also probe each head's output."),
+    n_examples: int = typer.Option(2000, "--n-examples", help="Task examples (train and test)."),
+    holdout: float = typer.Option(0.3, "--holdout", help="Share of examples in the test split."),
+    c: float = typer.Option(1.0, "--c", help="Inverse L2 regularisation strength of the logistic regression."),
+    seed: int = typer.Option(0, help="Task sampling, split and control-label seed."),
+    out: Path = typer.Option(Path("runs/probe"), "--out", "-o", help="Output directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a finished run in OUT."),
+):
+    """Linear probes for a task variable by layer and head, against a shuffled-label control; plot and table in OUT.
+
+    Example: acdc-lite probe --model induction-attn-2l --variable answer --out runs/probe
+    """
+    def job():
+        from acdc_lite.features.commands import probe_into
+
+        if site and not heads:
+            raise ValueError("--no-heads only applies without --site (the default sites)")
+        d = probe_into(out, variable, model=model, task=task, n_examples=n_examples, sites=site or None, heads=heads,
+                       holdout=holdout, seed=seed, c=c, force=force)
+        for r in d["rows"]:
+            typer.echo(f"{r['site']:12s} accuracy {r['accuracy']:.3f}  control {r['control_accuracy']:.3f}  "
+                       f"selectivity {r['selectivity']:+.3f}")
+        typer.echo(f"wrote {out}/: probes.csv, probes.png, probes.svg, report.json, report.md, run.json")
+        return Path(out) / "run.json"
+
+    _guard(job)
+
+
+@app.command()
+def runs(
+    folders: list[Path] = typer.Argument(None, help="Folders holding runs (searched recursively for run.json and "
+                                         "NAME.run.json) or run records; default: runs"),
+    sort: str | None = typer.Option(None, "--sort", help="Sort by a column: task, model, method, edges, faithfulness, "
+                                    "seconds, forward_passes, peak_memory_mb, started, ..."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+):
+    """List and compare past runs from their run records (task, model, method, edges, faithfulness, cost).
+
+    Example: acdc-lite runs runs/acdc runs/eap --sort faithfulness
+    """
+    def job():
+        from acdc_lite.ledger import runs_table
+
+        if fmt not in ("table", "csv", "json"):
+            raise ValueError(f"unknown --format {fmt!r}; choose table, csv or json")
+        frame = runs_table(folders or [Path("runs")], sort=sort)
+        if frame.empty:
+            typer.echo(f"no run records under {', '.join(str(f) for f in folders or [Path('runs')])}")
+            return
+        if fmt == "csv":
+            typer.echo(frame.to_csv(index=False), nl=False)
+        elif fmt == "json":
+            typer.echo(frame.to_json(orient="records", indent=1))
+        else:
+            shown = frame.drop(columns=[c for c in ("started",) if c in frame]).fillna("")
+            typer.echo(shown.to_string(index=False))
 
     _guard(job)

@@ -291,7 +291,8 @@ class RunRecord:
         self.facts: dict = {}
         self._started = 0.0
 
-    def start(self, resume: bool = False) -> RunRecord:
+    def start(self, resume: bool = False, since: float | None = None) -> RunRecord:
+        """Begin a part; `since`: its start as a `time.perf_counter()` reading (default: now)."""
         if resume and self.path.is_file():
             try:
                 old = read_json_object(self.path, "run record")
@@ -303,7 +304,7 @@ class RunRecord:
                 for p in self.parts:
                     if p.get("outcome") == "running":
                         p["outcome"] = "killed (cost as of its last checkpoint)"
-        self._started = time.perf_counter()
+        self._started = time.perf_counter() if since is None else since
         self._part = {"started": _now(), "resumed": bool(self.parts)}
         self.passes_at_checkpoint = {"forward_passes": 0.0, "backward_passes": 0.0}
         return self

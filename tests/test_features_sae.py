@@ -157,10 +157,50 @@ def test_sae_train_command(tmp_path):
     assert record["command"] == "sae train" and record["outcome"] == "finished"
     assert record["results"]["fvu"] == json.loads((out / "report.json").read_text())["reconstruction"]["fvu"]
     again = runner.invoke(app, args)
-    assert again.exit_code == 1 and "--force" in again.output
+    assert again.exit_code == 2 and "--force" in again.output
     for bad, code, text in ((["--site", "a7.h0"], 1, "a7.h0"), (["--variable", "carry"], 1, "only apply with --edge"),
                             (["--k", "500"], 1, "cannot exceed")):
         target = tmp_path / f"bad{len(bad)}{code}{bad[0]}"
         r = runner.invoke(app, ["sae", "train", "--steps", "5", "--n-examples", "50", "--out", str(target), "-q", *bad])
         assert r.exit_code == code and text in r.output, r.output
         assert not target.exists()
+
+
+def test_interrupted_training_resumes_to_the_same_dictionary(tmp_path, monkeypatch):
+    """SIGINT mid-training saves the state after the current step; --resume ends with the uninterrupted weights."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from acdc_lite.features.commands import train_sae_into
+
+    torch.set_num_threads(1)
+    cfg = SAEConfig(steps=40, batch_size=128, n_latents=32, k=2)
+    kw = {"model": "induction-attn-2l", "n_examples": 120, "progress": False}
+    train_sae_into(tmp_path / "straight", cfg, **kw)
+    calls = {"n": 0}
+    adam_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            os.kill(os.getpid(), signal.SIGINT)  # deferred by the training loop until this step is done
+        return adam_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae_into(tmp_path / "cut", cfg, checkpoint_interval=3600, **kw)
+    monkeypatch.setattr(torch.optim.Adam, "step", adam_step)
+    assert (tmp_path / "cut" / "checkpoint.safetensors").is_file()
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["outcome"] == "interrupted"
+    with pytest.raises(Exception, match="--resume"):
+        train_sae_into(tmp_path / "cut", cfg, **kw)  # neither --resume nor --force
+    with pytest.raises(Exception, match="other settings"):
+        train_sae_into(tmp_path / "cut", SAEConfig(steps=40, batch_size=128, n_latents=32, k=2, lr=1e-3), resume=True, **kw)
+    train_sae_into(tmp_path / "cut", cfg, resume=True, **kw)
+    a, b = (load_file(str(tmp_path / d / "dictionary.safetensors")) for d in ("straight", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert [p["outcome"] for p in record["parts"]] == ["interrupted", "finished"]
+    assert not (tmp_path / "cut" / "checkpoint.safetensors").exists()

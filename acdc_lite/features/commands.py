@@ -10,8 +10,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from acdc_lite.runs import RECORD, RunLock, RunRecord, check_output_dir, interruptible, write_atomic
+from acdc_lite.boundary import UsageError
+from acdc_lite.runs import DEFAULT_INTERVAL, RECORD, RunLock, RunRecord, check_output_dir, interruptible, write_atomic
 
+TRAIN_CHECKPOINT = "checkpoint.safetensors"
 SAE_OUTPUTS = ("dictionary.safetensors", "dictionary.json", "report.json", "report.md")
 PROBE_OUTPUTS = ("probes.csv", "probes.png", "probes.svg", "report.json", "report.md")
 
@@ -32,33 +34,49 @@ def model_and_task(model: str | None, task: str | None, n_examples: int, seed: i
     return hooked, load_task(task, hooked, n_examples=n_examples, seed=seed)
 
 
-def _claim(out: Path, outputs: tuple[str, ...], force: bool) -> Path:
+def _claim(out: Path, outputs: tuple[str, ...], force: bool, resume: bool = False) -> Path:
     out = check_output_dir(out)
-    finished = [n for n in (*outputs, RECORD) if (out / n).exists()]
+    interrupted = (out / TRAIN_CHECKPOINT).is_file()
+    if interrupted and not (resume or force):
+        raise UsageError(f"{out} holds an interrupted training run ({TRAIN_CHECKPOINT}); continue it with the same options "
+                         "plus --resume, or pass --force to start over")
+    if resume and not interrupted:
+        raise UsageError(f"nothing to resume in {out}: no {TRAIN_CHECKPOINT} (a finished run removes it); run without --resume")
+    finished = [n for n in (*outputs, RECORD) if (out / n).exists() and not (interrupted and n == RECORD)]
     if finished and not force:
-        raise ValueError(f"{out} already holds a run ({', '.join(finished)}); pass --force to overwrite it, or choose another --out")
+        raise UsageError(f"{out} already holds a run ({', '.join(finished)}); pass --force to overwrite it, or choose another --out")
     return out
 
 
 def train_sae_into(out: str | Path, config, *, model: str | None = None, task: str | None = None, n_examples: int = 3000,
                    edge: str | None = None, variable: str = "answer", value: int | None = None, force: bool = False,
-                   progress: bool = True) -> dict:
+                   resume: bool = False, checkpoint_interval: float = DEFAULT_INTERVAL, progress: bool = True) -> dict:
     """Train a dictionary (`acdc_lite.features.sae.SAEConfig`) and, with `edge`, tie a feature to `variable`
     through it (`acdc_lite.features.attribution.feature_study`); write the dictionary, report.json, report.md
-    and run.json into `out`. Returns the report."""
+    and run.json into `out`. Training is checkpointed to OUT/checkpoint.safetensors every `checkpoint_interval`
+    seconds and on Ctrl-C/SIGTERM; `resume` continues it. Returns the report."""
     from .attribution import feature_study, top_examples
     from .sae import train_dictionary
     from .variables import VARIABLES
 
-    out = _claim(Path(out), SAE_OUTPUTS, force)
+    out = _claim(Path(out), SAE_OUTPUTS, force, resume)
     if variable not in VARIABLES:
         raise ValueError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
     settings = {"model": model, "task": task, "n_examples": n_examples, "edge": edge, "variable": variable,
                 "value": value, **asdict(config)}
     with RunLock(out, settings, command="sae train"), interruptible():
-        record = RunRecord(out, "sae train", settings).start()
+        if force and not resume:
+            for name in (*SAE_OUTPUTS, RECORD, TRAIN_CHECKPOINT):
+                (out / name).unlink(missing_ok=True)
+        record = RunRecord(out, "sae train", settings).start(resume=resume)
         hooked, t = model_and_task(model, task, n_examples, config.seed)
-        trained = train_dictionary(hooked, t, config, progress=progress)
+        try:
+            trained = train_dictionary(hooked, t, config, progress=progress, checkpoint=out / TRAIN_CHECKPOINT,
+                                       resume=resume, checkpoint_interval=checkpoint_interval)
+        except KeyboardInterrupt:
+            if (out / TRAIN_CHECKPOINT).is_file():
+                record.finish("interrupted")
+            raise
         report = {"model": trained.dictionary.info["model"], "task": t.name, "site": trained.dictionary.site.name,
                   "config": asdict(config), "reconstruction": trained.report.to_dict()}
         if edge is not None:
@@ -77,6 +95,7 @@ def train_sae_into(out: str | Path, config, *, model: str | None = None, task: s
             h = report["feature"]["headline"]
             results.update(feature=h["feature"], heldout_auroc=h["heldout_auroc"], edge_share=h["share"],
                            random_share_mean=report["feature"]["random_share_mean"])
+        (out / TRAIN_CHECKPOINT).unlink(missing_ok=True)
         record.finish("finished", outputs=[f.name for f in files] + ["report.json", "report.md"],
                       run={"task": t.name, "model": report["model"], "method": f"sae {config.site}"}, results=results)
     return report
@@ -109,4 +128,60 @@ def sae_markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {v['value']} | {v['feature']} | {v['train_auroc']:.3f} | {v['heldout_auroc']:.3f} | {v['edge_effect']:.4f} | "
                   f"{v['feature_effect']:.4f} | {v['share']:.3f} |" for v in f["values"]]
+    return "\n".join(lines) + "\n"
+
+
+def probe_into(out: str | Path, variable: str, *, model: str | None = None, task: str | None = None, n_examples: int = 2000,
+               sites: list[str] | None = None, heads: bool = True, holdout: float = 0.3, seed: int = 0, c: float = 1.0,
+               force: bool = False) -> dict:
+    """Linear probes for `variable` at every site (`acdc_lite.features.probes.run_probes`); write probes.csv, the
+    plot (probes.png, probes.svg), report.json, report.md and run.json into `out`. Returns the report."""
+    from .probes import _sklearn, run_probes
+    from .variables import VARIABLES
+
+    out = _claim(Path(out), PROBE_OUTPUTS, force)
+    if variable not in VARIABLES:
+        raise ValueError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"--holdout must be between 0 and 1, got {holdout}")
+    if not c > 0:
+        raise ValueError(f"--c must be > 0, got {c}")
+    _sklearn()
+    settings = {"model": model, "task": task, "variable": variable, "n_examples": n_examples, "sites": sites, "heads": heads,
+                "holdout": holdout, "seed": seed, "c": c}
+    with RunLock(out, settings, command="probe"), interruptible():
+        if force:
+            for name in (*PROBE_OUTPUTS, RECORD):
+                (out / name).unlink(missing_ok=True)
+        record = RunRecord(out, "probe", settings).start()
+        hooked, t = model_and_task(model, task, n_examples, seed)
+        report = run_probes(hooked, t, variable, sites=sites, heads=heads, holdout=holdout, seed=seed, c=c)
+        fig = report.figure()
+        written = []
+        for fmt in ("png", "svg"):
+            import io
+
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=120)
+            write_atomic(out / f"probes.{fmt}", buf.getvalue())
+            written.append(f"probes.{fmt}")
+        write_atomic(out / "probes.csv", report.to_frame().to_csv(index=False))
+        d = report.to_dict()
+        write_atomic(out / "report.json", json.dumps(d, indent=1) + "\n")
+        write_atomic(out / "report.md", probe_markdown(d))
+        best = max(report.rows, key=lambda r: r.selectivity)
+        record.finish("finished", outputs=["probes.csv", *written, "report.json", "report.md"],
+                      run={"task": t.name, "model": report.model, "method": f"probe {variable}"},
+                      results={"best_site": best.site, "best_accuracy": best.accuracy, "best_selectivity": best.selectivity,
+                               "majority": report.majority})
+    return d
+
+
+def probe_markdown(d: dict) -> str:
+    lines = [f"# Linear probes for {d['variable']}: {d['model']} on {d['task']}", "",
+             f"{d['n_classes']} classes; majority class on the test split {d['majority']:.3f}. Control: the same probe on "
+             "labels shuffled across examples.", "", "![accuracy by layer](probes.png)", "",
+             "| site | layer | accuracy | control | selectivity | train | test |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['site']} | {r['layer']} | {r['accuracy']:.3f} | {r['control_accuracy']:.3f} | {r['selectivity']:+.3f} | "
+              f"{r['n_train']} | {r['n_test']} |" for r in d["rows"]]
     return "\n".join(lines) + "\n"

@@ -14,8 +14,12 @@ the task metric and the next-token cross-entropy of the model and of the model w
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +29,8 @@ from torch import nn
 
 from acdc_lite.models import fingerprint
 from acdc_lite.padding import forward
+from acdc_lite.pipeline import task_hash
+from acdc_lite.runs import DEFAULT_INTERVAL, Terminated, canonical_hash
 from acdc_lite.shape import model_info
 from acdc_lite.task import Task
 
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 FORMAT = "acdc-lite dictionary"
 VERSION = 1
 WEIGHTS, META = "dictionary.safetensors", "dictionary.json"
+CHECKPOINT_FORMAT = "acdc-lite dictionary training checkpoint 1"
 
 
 def _sparsify():
@@ -191,9 +198,13 @@ def _vectors(model, task: Task, site: Site, idx: torch.Tensor, target: bool = Fa
     return torch.cat(out)
 
 
-def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: bool = True) -> TrainedDictionary:
+def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: bool = True,
+                     checkpoint: str | Path | None = None, resume: bool = False,
+                     checkpoint_interval: float = DEFAULT_INTERVAL) -> TrainedDictionary:
     """Train a dictionary on `config.site` of `model` from `task`'s training examples and report it on the
-    held-out ones (see the module docstring)."""
+    held-out ones (see the module docstring). With `checkpoint` (a file), the training state is saved there every
+    `checkpoint_interval` seconds and on Ctrl-C/SIGTERM; `resume` continues from it (refusing other settings) to
+    the same weights as an uninterrupted run (same thread count)."""
     from tqdm.auto import tqdm
 
     sp = _sparsify()
@@ -209,19 +220,28 @@ def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: 
         coder.b_dec.data = x.mean(0)
     opt = torch.optim.Adam(coder.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed)
-    fired = torch.zeros(config.n_latents, dtype=torch.bool)
-    bar = tqdm(range(config.steps), desc=f"dictionary on {site.name}", disable=not progress, mininterval=1.0)
-    for _ in bar:
-        b = torch.randint(0, len(x), (min(config.batch_size, len(x)),), generator=g)
-        target = y[b] if y is not None else None
-        out = coder(x[b], target)
-        opt.zero_grad()
-        out.fvu.backward()
-        coder.remove_gradient_parallel_to_decoder_directions()
-        opt.step()
-        coder.set_decoder_norm_to_unit_norm()
-        fired[out.latent_indices[out.latent_acts > 0].unique()] = True
-        bar.set_postfix(fvu=f"{float(out.fvu.detach()):.3f}", refresh=False)
+    state = _TrainState(coder, opt, g, canonical_hash({"config": asdict(config), "model": fingerprint(model),
+                                                       "task": task_hash(task)}))
+    first = state.load(Path(checkpoint)) if resume and checkpoint is not None else 0
+    last_save = time.monotonic()
+    bar = tqdm(range(first, config.steps), desc=f"dictionary on {site.name}", disable=not progress, mininterval=1.0,
+               initial=first, total=config.steps)
+    with _deferred_signals() as stopped:
+        for step in bar:
+            b = torch.randint(0, len(x), (min(config.batch_size, len(x)),), generator=g)
+            out = coder(x[b], y[b] if y is not None else None)
+            opt.zero_grad()
+            out.fvu.backward()
+            coder.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            coder.set_decoder_norm_to_unit_norm()
+            bar.set_postfix(fvu=f"{float(out.fvu.detach()):.3f}", refresh=False)
+            signum = stopped()
+            if checkpoint is not None and (signum or time.monotonic() - last_save >= checkpoint_interval):
+                state.save(Path(checkpoint), step + 1)
+                last_save = time.monotonic()
+            if signum:
+                raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"signal {signum} at step {step + 1}")
     coder.eval()
     info = {"model": model_info(model).name, "model_fingerprint": fingerprint(model), "task": task.name,
             "config": asdict(config)}
@@ -235,6 +255,86 @@ def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: 
     dictionary.info["report"] = report.to_dict()
     dictionary.info["split"] = {"train": train_idx.tolist(), "heldout": held_idx.tolist()}
     return TrainedDictionary(dictionary, report, train_idx, held_idx)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Within the block SIGINT and SIGTERM only set a flag (a step is never cut in half); yields a function returning
+    the first signal seen, or 0. Outside the main thread signals cannot be caught: it always returns 0."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
+    seen: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: seen.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: seen[0] if seen else 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _TrainState:
+    """The resumable training state (weights, Adam moments, batch generator) as one safetensors file whose
+    metadata holds the settings' hash, the next step and a hash of the tensors."""
+
+    def __init__(self, coder: nn.Module, opt: torch.optim.Optimizer, g: torch.Generator, settings_hash: str):
+        self.coder, self.opt, self.g, self.settings_hash = coder, opt, g, settings_hash
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"coder.{k}": v.detach().contiguous().clone() for k, v in self.coder.state_dict().items()}
+        for i, st in self.opt.state_dict()["state"].items():
+            out.update({f"adam.{i}.{k}": torch.as_tensor(v).contiguous().clone() for k, v in st.items()})
+        out["generator"] = self.g.get_state().clone()
+        return out
+
+    @staticmethod
+    def _digest(tensors: dict[str, torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        for k in sorted(tensors):
+            h.update(k.encode())
+            h.update(tensors[k].numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, path: Path, next_step: int) -> None:
+        from safetensors.torch import save
+
+        from acdc_lite.runs import write_atomic
+
+        tensors = self._tensors()
+        meta = {"format": CHECKPOINT_FORMAT, "settings_hash": self.settings_hash, "next_step": str(next_step),
+                "content_hash": self._digest(tensors)}
+        write_atomic(path, save(tensors, metadata=meta))
+        log.info("training checkpoint saved to %s at step %d", path, next_step)
+
+    def load(self, path: Path) -> int:
+        from safetensors import safe_open
+
+        from acdc_lite.boundary import InputError, UsageError
+
+        fix = f"delete {path} and start again (without --resume)"
+        if not path.is_file():
+            raise UsageError(f"nothing to resume: no {path} (a finished run removes it); run without --resume")
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise InputError(f"training checkpoint {path} cannot be read ({type(e).__name__}: {e}); {fix}") from None
+        if meta.get("format") != CHECKPOINT_FORMAT or meta.get("content_hash") != self._digest(tensors):
+            raise InputError(f"training checkpoint {path}: not a checkpoint of this version, or edited or corrupt; {fix}")
+        if meta.get("settings_hash") != self.settings_hash:
+            raise UsageError(f"training checkpoint {path} was made with other settings, model weights or prompts; resume "
+                             "with the same options, or use another --out")
+        self.coder.load_state_dict({k[len("coder."):]: v for k, v in tensors.items() if k.startswith("coder.")})
+        opt_state = self.opt.state_dict()
+        moments: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("adam."):
+                _, i, name = k.split(".", 2)
+                moments.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": moments, "param_groups": opt_state["param_groups"]})
+        self.g.set_state(tensors["generator"])
+        return int(meta["next_step"])
 
 
 @torch.no_grad()
