@@ -7,8 +7,11 @@ from typer.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from acdc_lite import load_model, load_task  # noqa: E402
-from acdc_lite import zoo  # noqa: E402
+from acdc_lite import (  # noqa: E402
+    load_model,
+    load_task,
+    zoo,  # noqa: E402
+)
 from acdc_lite.cli import app  # noqa: E402
 from acdc_lite.features.probes import run_probes  # noqa: E402
 
@@ -19,7 +22,8 @@ def test_the_copied_token_appears_where_the_circuit_writes_it():
     """induction-attn-2l's card puts its induction heads in layer 1: the token to be copied is at control level in the
     residual stream before layer 1 and in layer-0 heads, and decodable after it."""
     model = load_model("induction-attn-2l")
-    writer = {h.get("node", h.get("head")).split(".")[0] for h in zoo.card("induction-attn-2l")["ground_truth"] if h["class"] == "induction"}
+    card = zoo.card("induction-attn-2l")
+    writer = {h.get("node", h.get("head")).split(".")[0] for h in card["ground_truth"] if h["class"] == "induction"}
     assert writer == {"a1"}
     task = load_task("induction", model, n_examples=700, seed=0)
     r = run_probes(model, task, "answer", sites=["resid 0", "resid 1", "resid 2", "a0.h3", "a1.h0"])
