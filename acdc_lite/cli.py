@@ -675,11 +675,12 @@ def sae_train(
     Example: acdc-lite sae train --model induction-attn-2l --site a1.h0 --edge 'a1.h0->logits' --out runs/sae
     """
     def job():
+        from acdc_lite.boundary import UsageError
         from acdc_lite.features.commands import train_sae_into
         from acdc_lite.features.sae import SAEConfig
 
         if edge is None and (variable is not None or value is not None):
-            raise ValueError("--variable and --value only apply with --edge")
+            raise UsageError("--variable and --value only apply with --edge")
         cfg = SAEConfig(site=site, transcoder=transcoder, n_latents=n_latents, k=k, steps=steps, batch_size=batch_size,
                         lr=lr, holdout=holdout, seed=seed)
         report = train_sae_into(out, cfg, model=model, task=task, n_examples=n_examples, edge=edge,
@@ -721,10 +722,11 @@ def probe(
     Example: acdc-lite probe --model induction-attn-2l --variable answer --out runs/probe
     """
     def job():
+        from acdc_lite.boundary import UsageError
         from acdc_lite.features.commands import probe_into
 
         if site and not heads:
-            raise ValueError("--no-heads only applies without --site (the default sites)")
+            raise UsageError("--no-heads only applies without --site (the default sites)")
         d = probe_into(out, variable, model=model, task=task, n_examples=n_examples, sites=site or None, heads=heads,
                        holdout=holdout, seed=seed, c=c, force=force)
         for r in d["rows"]:
@@ -749,10 +751,11 @@ def runs(
     Example: acdc-lite runs runs/acdc runs/eap --sort faithfulness
     """
     def job():
+        from acdc_lite.boundary import UsageError
         from acdc_lite.ledger import runs_table
 
         if fmt not in ("table", "csv", "json"):
-            raise ValueError(f"unknown --format {fmt!r}; choose table, csv or json")
+            raise UsageError(f"unknown --format {fmt!r}; choose table, csv or json")
         frame = runs_table(folders or [Path("runs")], sort=sort)
         if frame.empty:
             typer.echo(f"no run records under {', '.join(str(f) for f in folders or [Path('runs')])}")

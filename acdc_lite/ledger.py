@@ -77,7 +77,9 @@ def runs_table(directories: Sequence[str | Path], sort: str | None = None):
     import pandas as pd
 
     if sort is not None and sort not in COLUMNS:
-        raise ValueError(f"unknown sort column {sort!r}; choose one of {', '.join(COLUMNS)}")
+        from acdc_lite.boundary import UsageError
+
+        raise UsageError(f"unknown --sort column {sort!r}; choose one of {', '.join(COLUMNS)}")
     frame = pd.DataFrame([record_row(p) for p in find_records(directories)], columns=list(COLUMNS))
     frame["edges"] = frame["edges"].astype("Int64")
     if sort is not None:

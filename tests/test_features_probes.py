@@ -7,11 +7,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("sklearn")
 
-from acdc_lite import (  # noqa: E402
-    load_model,
-    load_task,
-    zoo,  # noqa: E402
-)
+from acdc_lite import load_model, load_task, zoo  # noqa: E402
 from acdc_lite.cli import app  # noqa: E402
 from acdc_lite.features.probes import run_probes  # noqa: E402
 
@@ -53,8 +49,10 @@ def test_probe_command(tmp_path):
     assert [x["site"] for x in rows] == ["resid 0", "resid 2"]
     assert json.loads((out / "run.json").read_text())["results"]["best_site"] == "resid 2"
     for bad, text in ((["--variable", "nope"], "unknown --variable"), (["--site", "a5.h0"], "a5.h0"),
-                      (["--variable", "carry"], "carry needs the operands")):
-        target = tmp_path / bad[1].replace(".", "")
-        r = runner.invoke(app, ["probe", "--n-examples", "100", "--out", str(target), *bad])
-        assert r.exit_code == 1 and text in r.output, r.output
+                      (["--variable", "carry"], "carry needs the operands"), (["--c", "0"], "--c must be > 0"),
+                      (["--site", "resid 0", "--no-heads"], "--no-heads only applies"), (["--n-examples", "2"], "at least 4")):
+        target = tmp_path / "-".join(bad).replace(".", "").replace(" ", "")
+        r = runner.invoke(app, ["probe", "--n-examples", "100", "--out", str(target), *bad] if "--n-examples" not in bad
+                          else ["probe", "--out", str(target), *bad])
+        assert r.exit_code == 2 and text in r.output, r.output
         assert not target.exists()

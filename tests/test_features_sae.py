@@ -158,9 +158,12 @@ def test_sae_train_command(tmp_path):
     assert record["results"]["fvu"] == json.loads((out / "report.json").read_text())["reconstruction"]["fvu"]
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output
-    for bad, code, text in ((["--site", "a7.h0"], 1, "a7.h0"), (["--variable", "carry"], 1, "only apply with --edge"),
-                            (["--k", "500"], 1, "cannot exceed")):
-        target = tmp_path / f"bad{len(bad)}{code}{bad[0]}"
+    for bad, code, text in ((["--site", "a7.h0"], 2, "a7.h0"), (["--variable", "carry"], 2, "only apply with --edge"),
+                            (["--k", "500"], 2, "cannot exceed"), (["--edge", "a1.h1->logits"], 2, "leaves a1.h1"),
+                            (["--transcoder"], 2, "give an MLP site"), (["--holdout", "1.5"], 2, "out of range"),
+                            (["--model", "addition-llama-2l", "--site", "m0", "--edge", "m0->logits", "--variable", "foil",
+                              "--value", "99"], 2, "foil = 99")):
+        target = tmp_path / f"bad-{'-'.join(bad).replace('>', '').replace('.', '')}"
         r = runner.invoke(app, ["sae", "train", "--steps", "5", "--n-examples", "50", "--out", str(target), "-q", *bad])
         assert r.exit_code == code and text in r.output, r.output
         assert not target.exists()

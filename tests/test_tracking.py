@@ -58,7 +58,9 @@ def test_runs_refuses_what_it_cannot_read(tmp_path):
     r = runner.invoke(app, ["runs", str(tmp_path / "missing")])
     assert r.exit_code == 1 and "not a folder or a run record" in r.output
     r = runner.invoke(app, ["runs", str(tmp_path), "--sort", "colour"])
-    assert r.exit_code == 1 and "unknown sort column" in r.output
+    assert r.exit_code == 2 and "unknown --sort column" in r.output
+    r = runner.invoke(app, ["runs", str(tmp_path), "--format", "xml"])
+    assert r.exit_code == 2 and "unknown --format" in r.output
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "run.json").write_text("{not json")
     frame = runs_table([tmp_path])

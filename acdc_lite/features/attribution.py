@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.boundary import UsageError
 from acdc_lite.graph import Edge, NodeKind
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
@@ -70,10 +71,10 @@ def check_edge(edge: Edge | str, dictionary: Dictionary, model: nn.Module) -> Ed
 
     e = edge if isinstance(edge, Edge) else Edge.parse(str(edge))
     if dictionary.site.node is None or str(e.src) != dictionary.site.node:
-        raise ValueError(f"edge {e} leaves {e.src}, but the dictionary is on {dictionary.site.name}; train one on "
+        raise UsageError(f"edge {e} leaves {e.src}, but the dictionary is on {dictionary.site.name}; train one on "
                          f"{e.src} (acdc-lite sae train --site {e.src}) or pick an edge leaving {dictionary.site.node}")
     if str(e) not in {str(x) for x in ModelGraph.from_model(model).edges}:
-        raise ValueError(f"{e} is not an edge of this model (the receiver must come after the sender)")
+        raise UsageError(f"{e} is not an edge of this model (the receiver must come after the sender)")
     return e
 
 
@@ -188,7 +189,7 @@ def feature_study(model: nn.Module, task: Task, dictionary: Dictionary, edge: Ed
                    for v in eligible}
         value = max(eligible, key=lambda v: (carried[v], -v))
     if value is None or value not in eligible:
-        raise ValueError(f"variable {variable} = {value}: {counts_train.get(value, 0)} training and {counts_held.get(value, 0)} "
+        raise UsageError(f"variable {variable} = {value}: {counts_train.get(value, 0)} training and {counts_held.get(value, 0)} "
                          f"held-out examples; at least {min_examples} of each are needed (use more --n-examples)")
 
     def study(v: int, extra: Sequence[int] = ()) -> tuple[ValueStudy, EdgeEffects]:

@@ -20,6 +20,8 @@ PROBE_OUTPUTS = ("probes.csv", "probes.png", "probes.svg", "report.json", "repor
 
 def model_and_task(model: str | None, task: str | None, n_examples: int, seed: int):
     """(hooked model, task): the default model is discover's; the default task a zoo model's own."""
+    if n_examples < 1:
+        raise UsageError(f"--n-examples must be at least 1, got {n_examples}")
     from acdc_lite import zoo
     from acdc_lite.models import load_model
     from acdc_lite.pipeline import DEFAULT_MODEL
@@ -28,7 +30,7 @@ def model_and_task(model: str | None, task: str | None, n_examples: int, seed: i
     name = model or DEFAULT_MODEL
     if task is None:
         if not zoo.exists(name):
-            raise ValueError(f"--task is needed for {name!r} (only zoo models have a default task)")
+            raise UsageError(f"--task is needed for {name!r} (only zoo models have a default task)")
         task = zoo.card(name)["task"]["name"]
     hooked = load_model(name)
     return hooked, load_task(task, hooked, n_examples=n_examples, seed=seed)
@@ -61,7 +63,7 @@ def train_sae_into(out: str | Path, config, *, model: str | None = None, task: s
 
     out = _claim(Path(out), SAE_OUTPUTS, force, resume)
     if variable not in VARIABLES:
-        raise ValueError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
+        raise UsageError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
     settings = {"model": model, "task": task, "n_examples": n_examples, "edge": edge, "variable": variable,
                 "value": value, **asdict(config)}
     with RunLock(out, settings, command="sae train"), interruptible():
@@ -141,11 +143,13 @@ def probe_into(out: str | Path, variable: str, *, model: str | None = None, task
 
     out = _claim(Path(out), PROBE_OUTPUTS, force)
     if variable not in VARIABLES:
-        raise ValueError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
+        raise UsageError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
     if not 0 < holdout < 1:
-        raise ValueError(f"--holdout must be between 0 and 1, got {holdout}")
+        raise UsageError(f"--holdout must be between 0 and 1, got {holdout}")
     if not c > 0:
-        raise ValueError(f"--c must be > 0, got {c}")
+        raise UsageError(f"--c must be > 0, got {c}")
+    if n_examples < 4:
+        raise UsageError(f"--n-examples must be at least 4 (train and test splits), got {n_examples}")
     _sklearn()
     settings = {"model": model, "task": task, "variable": variable, "n_examples": n_examples, "sites": sites, "heads": heads,
                 "holdout": holdout, "seed": seed, "c": c}

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from acdc_lite.boundary import UsageError
 from acdc_lite.models import fingerprint
 from acdc_lite.padding import forward
 from acdc_lite.pipeline import task_hash
@@ -72,9 +73,9 @@ class SAEConfig:
             if ("ge" in bounds and not value >= bounds["ge"]) or ("gt" in bounds and not value > bounds["gt"]) \
                     or ("lt" in bounds and not value < bounds["lt"]):
                 rule = ", ".join(f"{k} {v}" for k, v in bounds.items())
-                raise ValueError(f"{name.replace('_', '-')} = {value} is out of range ({rule})")
+                raise UsageError(f"--{name.replace('_', '-')} {value} is out of range ({rule})")
         if self.k > self.n_latents:
-            raise ValueError(f"k = {self.k} active latents cannot exceed n-latents = {self.n_latents}")
+            raise UsageError(f"--k {self.k} active latents cannot exceed --n-latents {self.n_latents}")
 
 
 def split_examples(task: Task, holdout: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.boundary import UsageError
 from acdc_lite.graph import Node, NodeKind
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 
 
-class SiteError(ValueError):
+class SiteError(UsageError):
     """A site name that does not name an activation of this model; the message lists what does."""
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from acdc_lite.boundary import UsageError
 from acdc_lite.task import Task
 
 VARIABLES: dict[str, tuple[Callable[[Task], torch.Tensor], str]] = {}
@@ -25,7 +26,7 @@ def register(name: str, description: str):
 def labels(task: Task, name: str) -> torch.Tensor:
     """[N] integer labels of variable `name` on `task`; ValueError naming the choices or what the task lacks."""
     if name not in VARIABLES:
-        raise ValueError(f"unknown variable {name!r}; choose one of {', '.join(sorted(VARIABLES))}")
+        raise UsageError(f"unknown variable {name!r}; choose one of {', '.join(sorted(VARIABLES))}")
     return VARIABLES[name][0](task)
 
 
@@ -37,7 +38,7 @@ def _answer(task: Task) -> torch.Tensor:
 @register("foil", "the foil token id")
 def _foil(task: Task) -> torch.Tensor:
     if task.foils is None:
-        raise ValueError(f"variable foil: task {task.name!r} has no foils")
+        raise UsageError(f"variable foil: task {task.name!r} has no foils")
     return task.foils[:, 0].clone()
 
 
@@ -45,6 +46,6 @@ def _foil(task: Task) -> torch.Tensor:
 def _carry(task: Task) -> torch.Tensor:
     ops = task.info.get("operands")
     if not ops or len(ops) != len(task):
-        raise ValueError(f"variable carry needs the operands of each example (task.info['operands'], as the addition "
+        raise UsageError(f"variable carry needs the operands of each example (task.info['operands'], as the addition "
                          f"task records); task {task.name!r} has none")
     return torch.tensor([int(a % 10 + b % 10 >= 10) for a, b in ops])
