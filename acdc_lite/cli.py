@@ -150,6 +150,12 @@ def discover(
     processing: str | None = typer.Option(None, help="Weight processing of a Hugging Face model: none (default: the "
                                                      "checkpoint's own function) | fold-ln | transformer-lens."),
     offline: bool = typer.Option(False, "--offline", help="Never try the Hugging Face hub (as HF_HUB_OFFLINE=1)."),
+    device_map: str | None = typer.Option(None, "--device-map", help="Place a Hugging Face model with accelerate: auto | "
+                                          "balanced | sequential | a JSON object {module: cpu|disk|GPU index}."),
+    max_memory: str | None = typer.Option(None, "--max-memory", help="Memory limit: 2GB (main memory) or cpu=2GB,0=10GB. "
+                                          "With --device-map, what does not fit goes to disk."),
+    offload_folder: str | None = typer.Option(None, "--offload-folder", help="With --device-map: where offloaded weights "
+                                              "go (a safetensors checkpoint is read in place)."),
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options (method options "
                                        "at the top level or in an \"options\" object)."),
@@ -171,7 +177,8 @@ def discover(
     def job():
         cfg = DiscoverConfig.resolve(config, model=model, task=task, method=method, metric=metric, ablation=ablation,
                                      n_examples=n_examples, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
-                                     processing=processing, offline=offline or None, **(method_options or {}))
+                                     processing=processing, offline=offline or None, device_map=device_map,
+                                     max_memory=max_memory, offload_folder=offload_folder, **(method_options or {}))
         result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every)
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "

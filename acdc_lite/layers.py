@@ -17,7 +17,7 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("leaves", ("acdc_lite.hooks", "acdc_lite.registry", "acdc_lite.layers", "acdc_lite.transformer", "acdc_lite.padding",
                 "acdc_lite.faithfulness",
-                "acdc_lite.metrics", "acdc_lite.boundary", "acdc_lite.runs")),
+                "acdc_lite.metrics", "acdc_lite.boundary", "acdc_lite.runs", "acdc_lite.offload")),
     ("shape", ("acdc_lite.shape",)),
     ("models, task", ("acdc_lite.models", "acdc_lite.task", "acdc_lite.zoo")),
     ("graph", ("acdc_lite.graph",)),

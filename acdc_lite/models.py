@@ -19,21 +19,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from acdc_lite import hooks
+from acdc_lite import hooks, offload
 from acdc_lite.registry import MODEL_SOURCES, claiming
 from acdc_lite.shape import ModelInfo, ModelLoadError, is_bridge, model_info
 from acdc_lite.transformer import SmallTransformer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EQUIVALENCE_TOLERANCE", "Equivalence", "EquivalenceError", "ModelInfo", "ModelLoadError", "ModelSource", "Processing",
+__all__ = ["EQUIVALENCE_TOLERANCE", "Equivalence", "EquivalenceError", "ModelInfo", "ModelLoadError", "ModelSource", "Placement",
+           "Processing",
            "SourceKind", "fingerprint", "load_model", "looks_like_path", "model_info", "model_source"]
 
 
 def fingerprint(model: nn.Module) -> str:
-    """sha256 over every parameter's name, shape and bytes: identifies the weights, not the object."""
+    """sha256 over every parameter's name, shape and bytes: identifies the weights, not the object (offloaded
+    weights are read back, so an offloaded model has the fingerprint of the same model in memory)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in offload.materialized_state(model):
         t = p.detach().to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
@@ -123,6 +125,35 @@ def model_source(model: nn.Module) -> ModelSource:
     return source if isinstance(source, ModelSource) else ModelSource(SourceKind.IN_MEMORY, type(model).__name__)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a Hugging Face checkpoint's weights live, through accelerate (`from_pretrained`'s arguments).
+
+    device_map: "auto" | "balanced" | "sequential" | a device name | {module name: device or "disk"};
+    max_memory: {device: bytes or "2GiB"} for the weights ("cpu" for main memory); modules that do not fit
+    go to the next device, then to disk (`offload_folder`, a temporary folder when None; a safetensors
+    checkpoint is read in place). Offloaded models need `processing="none"` (see `acdc_lite.offload`).
+    """
+
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.device_map is not None
+
+    def kwargs(self) -> dict:
+        if not self.active:
+            return {}
+        out = {"device_map": self.device_map}
+        if self.max_memory is not None:
+            out["max_memory"] = dict(self.max_memory)
+        if self.offload_folder is not None:
+            out["offload_folder"] = self.offload_folder
+        return out
+
+
 class EquivalenceError(ModelLoadError):
     """The hooked model does not compute its source's function."""
 
@@ -181,11 +212,24 @@ def _bridge_from_hf(hf_model: nn.Module, name: str, processing: Processing, toke
 
     arch = _hf_architecture(hf_model)
     hf_model.eval()
+    if offload.is_offloaded(hf_model) and hf_model.get_input_embeddings().weight.is_meta:
+        raise ModelLoadError(f"{name}: max_memory leaves no room for the input embeddings, which must stay in memory "
+                             "(inputs are placed where they are); give a larger max_memory")
     tokens, reference = _hf_probe(hf_model)  # before processing, which rewrites the HF modules' weights in place
     try:
         bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
     except Exception as e:  # the bridge raises many types for unsupported architectures
         raise ModelLoadError(f"TransformerLens 4 cannot wrap architecture {arch!r}: {e}") from e
+    if offload.is_offloaded(hf_model):
+        if processing is not Processing.NONE:
+            raise ModelLoadError(f"{name}: {processing.value!r} weight processing rewrites weights that offloaded modules "
+                                 "do not hold; load an offloaded model with processing='none'")
+        try:
+            n = offload.patch_bridge(bridge)
+        except offload.OffloadError as e:
+            raise ModelLoadError(f"{name}: {e}") from e
+        log.info("%s: %d offloaded modules; per-head projections of %d attention layers read them on demand", name,
+                 len(offload.offloaded_modules(hf_model)), n)
     _enable_circuit_hooks(bridge, processing)
     with torch.no_grad():
         hooked = bridge(tokens)
@@ -287,7 +331,8 @@ def looks_like_path(name: str) -> bool:
 
 def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                processing: Processing | str = Processing.NONE, offline: bool | None = None,
-               tolerance: float = EQUIVALENCE_TOLERANCE) -> nn.Module:
+               tolerance: float = EQUIVALENCE_TOLERANCE, device_map: str | dict | None = None,
+               max_memory: dict | None = None, offload_folder: str | Path | None = None) -> nn.Module:
     """A hooked model in eval mode from a zoo name, a local directory, a hub name or an in-memory model.
 
     - `SmallTransformer` or a directory it saved: used as is.
@@ -301,15 +346,29 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
     - Any other string: a zoo name; a local path (see `looks_like_path`: never sent to the hub); else a hub
       id, taken from the local Hugging Face cache if there, otherwise tried once on the hub unless `offline`
       (or HF_HUB_OFFLINE) is set.
+    - `device_map` / `max_memory` / `offload_folder` (see `Placement`): a Hugging Face checkpoint loaded through
+      accelerate, e.g. some layers on disk (`device_map="auto"` with `max_memory={"cpu": "200MB"}`); weights
+      stay where accelerate put them (`dtype` is passed to from_pretrained; `device` is refused).
     The model carries a `ModelSource` (`model_source(model)`) that circuits record.
     """
     processing = Processing(processing)
-    model, source = _load(spec, processing, offline, tolerance)
+    placement = Placement(device_map, max_memory, None if offload_folder is None else str(offload_folder))
+    if placement.active and device is not None:
+        raise ModelLoadError("device and device_map both place the model; give one (device_map='auto' uses every device)")
+    if not placement.active and (max_memory is not None or offload_folder is not None):
+        raise ModelLoadError("max_memory and offload_folder only apply with a device_map (e.g. device_map='auto')")
+    model, source = _load(spec, processing, offline, tolerance, placement, dtype)
     model.acdc_source = source
+    if placement.active:
+        return model.eval()  # accelerate placed the weights; moving them would undo that
     return _finish(model, device, dtype)
 
 
-def _load(spec, processing: Processing, offline: bool | None, tolerance: float) -> tuple[nn.Module, ModelSource]:
+def _load(spec, processing: Processing, offline: bool | None, tolerance: float, placement: Placement = Placement(),
+          dtype: torch.dtype | None = None) -> tuple[nn.Module, ModelSource]:
+    if placement.active and not isinstance(spec, (str, Path)) and not offload.is_offloaded(spec):
+        raise ModelLoadError(f"device_map places a checkpoint as it is loaded; this {type(spec).__name__} is already in "
+                             "memory: pass its directory or hub name instead (or dispatch it with accelerate first)")
     if isinstance(spec, SmallTransformer):
         source = getattr(spec, "acdc_source", None)
         return spec, source if isinstance(source, ModelSource) else ModelSource(SourceKind.IN_MEMORY, "SmallTransformer")
@@ -333,8 +392,11 @@ def _load(spec, processing: Processing, offline: bool | None, tolerance: float) 
         except (ImportError, KeyError) as e:
             raise ModelLoadError(f"cannot load {name!r}: {e.args[0]}") from e
         return model, ModelSource(SourceKind.REGISTERED, name, equivalence=getattr(model, "acdc_equivalence", None))
+    if placement.active and source is not None:
+        raise ModelLoadError(f"{name} is not a Hugging Face checkpoint, so it cannot be placed with device_map; load it "
+                             "without device_map, max_memory and offload_folder")
     if zoo.exists(name):
-        model, source = _load_dir(zoo.model_dir(name), name, processing, tolerance)
+        model, source = _load_dir(zoo.model_dir(name), name, processing, tolerance, placement, dtype)
         return model, ModelSource(SourceKind.ZOO, name, None, source.processing, source.equivalence)
     if looks_like_path(name):
         path = Path(name).expanduser()
@@ -345,19 +407,23 @@ def _load(spec, processing: Processing, offline: bool | None, tolerance: float) 
             raise ModelLoadError(f"no model directory {name!r} ({hint}); a path is never looked up on the hub")
         if not path.is_dir():
             raise ModelLoadError(f"{name!r} is a file, not a model directory or model name")
-        model, source = _load_dir(path, name, processing, tolerance)
+        model, source = _load_dir(path, name, processing, tolerance, placement, dtype)
         return model, source
-    return _load_hub(name, processing, offline, tolerance)
+    return _load_hub(name, processing, offline, tolerance, placement, dtype)
 
 
-def _load_dir(path: Path, given: str, processing: Processing, tolerance: float) -> tuple[nn.Module, ModelSource]:
+def _load_dir(path: Path, given: str, processing: Processing, tolerance: float, placement: Placement = Placement(),
+              dtype: torch.dtype | None = None) -> tuple[nn.Module, ModelSource]:
     resolved = str(path.resolve())
     if SmallTransformer.is_model_dir(path):
+        if placement.active:
+            raise ModelLoadError(f"{given} is a SmallTransformer, not a Hugging Face checkpoint, so it cannot be placed "
+                                 "with device_map; load it without device_map, max_memory and offload_folder")
         return SmallTransformer.from_dir(path), ModelSource(SourceKind.LOCAL, given, resolved)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} holds no config.json: not a model directory (a Hugging Face model saved "
                              "with save_pretrained, or a SmallTransformer saved with .save)")
-    bridge, eq = _load_hf(path, path.name, processing, tolerance, local_files_only=True)
+    bridge, eq = _load_hf(path, path.name, processing, tolerance, local_files_only=True, placement=placement, dtype=dtype)
     return bridge, ModelSource(SourceKind.LOCAL, given, resolved, processing, eq)
 
 
@@ -391,14 +457,25 @@ def check_loading_info(info: dict, where: str) -> None:
 
 
 def _load_hf(ref, name: str, processing: Processing, tolerance: float, local_files_only: bool,
-             ) -> tuple[nn.Module, Equivalence]:
+             placement: Placement = Placement(), dtype: torch.dtype | None = None) -> tuple[nn.Module, Equivalence]:
     """An HF checkpoint (directory or hub id) -> checked bridge; ModelLoadError if it cannot be had."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placed = placement.kwargs()
+    if placement.active:
+        if processing is not Processing.NONE:
+            raise ModelLoadError(f"{name}: {processing.value!r} weight processing cannot run on weights placed with "
+                                 "device_map (offloaded modules hold none); use processing='none'")
+        if dtype is not None:
+            placed["dtype"] = dtype
     with _quiet_transformers():
         try:
-            hf, info = AutoModelForCausalLM.from_pretrained(ref, local_files_only=local_files_only, output_loading_info=True)
+            hf, info = AutoModelForCausalLM.from_pretrained(ref, local_files_only=local_files_only, output_loading_info=True,
+                                                            **placed)
         except Exception as e:
+            if placement.active and isinstance(e, (ImportError, ValueError, KeyError, TypeError)):
+                raise ModelLoadError(f"cannot place {name} with device_map={placement.device_map!r}, max_memory="
+                                     f"{placement.max_memory!r} (accelerate must be installed): {e}") from e
             raise CheckpointUnreadable(f"cannot load the Hugging Face model in {ref}: {e}") from e
         check_loading_info(info, str(ref))
         tokenizer = None
@@ -414,7 +491,8 @@ def _load_hf(ref, name: str, processing: Processing, tolerance: float, local_fil
     return bridge, eq
 
 
-def _load_hub(name: str, processing: Processing, offline: bool | None, tolerance: float) -> tuple[nn.Module, ModelSource]:
+def _load_hub(name: str, processing: Processing, offline: bool | None, tolerance: float, placement: Placement = Placement(),
+              dtype: torch.dtype | None = None) -> tuple[nn.Module, ModelSource]:
     """From the local HF cache if there; else one quiet attempt on the hub (none when offline)."""
     from acdc_lite import zoo
 
@@ -424,7 +502,8 @@ def _load_hub(name: str, processing: Processing, offline: bool | None, tolerance
     cached = try_to_load_from_cache(name, "config.json")  # a file lookup; from_pretrained would contact the hub
     if isinstance(cached, str):
         try:
-            bridge, eq = _load_hf(Path(cached).parent, name, processing, tolerance, local_files_only=True)
+            bridge, eq = _load_hf(Path(cached).parent, name, processing, tolerance, local_files_only=True,
+                                  placement=placement, dtype=dtype)
             return bridge, ModelSource(SourceKind.HUB, name, processing=processing, equivalence=eq)
         except CheckpointUnreadable:
             log.info("%r is only partly in the local Hugging Face cache", name)
@@ -438,5 +517,5 @@ def _load_hub(name: str, processing: Processing, offline: bool | None, tolerance
     except Exception as e:
         raise ModelLoadError(unknown + f"the hub could not provide it ({type(e).__name__}). Offline? Save it with "
                              "save_pretrained on a machine with access and pass that directory") from e
-    bridge, eq = _load_hf(name, name, processing, tolerance, local_files_only=False)
+    bridge, eq = _load_hf(name, name, processing, tolerance, local_files_only=False, placement=placement, dtype=dtype)
     return bridge, ModelSource(SourceKind.HUB, name, processing=processing, equivalence=eq)

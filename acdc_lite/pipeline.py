@@ -52,6 +52,9 @@ class DiscoverConfig:
     batch_size: int = field(default=32, metadata={"ge": 1})
     processing: str = "none"  # weight processing of a Hugging Face model (acdc_lite.models.Processing)
     offline: bool = False  # never try the Hugging Face hub
+    device_map: str | None = None  # accelerate placement: auto | balanced | sequential | a JSON object {module: device}
+    max_memory: str | None = None  # "2GB" (main memory) or "cpu=2GB,0=10GB": the run's memory limit (see acdc_lite.memory)
+    offload_folder: str | None = None  # where modules that do not fit go (with device_map)
     options: Any = None  # the method's options (None: its defaults; a dict is built into the options object)
 
     def __post_init__(self):
@@ -70,6 +73,7 @@ class DiscoverConfig:
         elif not isinstance(self.options, METHODS[self.method].options):
             raise SearchError(f"options of {self.method} must be a {METHODS[self.method].options.__name__} or a dict, "
                               f"got {type(self.options).__name__}")
+        placement(self)  # device_map, max_memory and offload_folder are checked here, before any work
 
     @classmethod
     def parse(cls, values: dict, source: str, as_options: bool = False) -> DiscoverConfig:
@@ -121,6 +125,41 @@ def _split_options(values: dict, source: str) -> tuple[dict, dict]:
     return common, {**block, **flat}
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def placement(config: DiscoverConfig) -> dict:
+    """`load_model`'s device_map / max_memory / offload_folder arguments from the config ({} when not placed);
+    a UsageError naming the option when one cannot work."""
+    import json
+
+    from acdc_lite.memory import parse_max_memory
+
+    if config.device_map is None:
+        if config.offload_folder is not None:
+            raise UsageError("--offload-folder only applies with --device-map (e.g. --device-map auto)")
+        return {}
+    if config.device is not None:
+        raise UsageError("--device and --device-map both place the model; give one (--device-map auto uses every device)")
+    device_map = config.device_map
+    if device_map.lstrip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--device-map is not a JSON object ({e.msg}); e.g. '{{\"model.layers.1\": \"disk\"}}'") from None
+        if not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in device_map.items()):
+            raise UsageError("--device-map: a JSON object of module name -> device (cpu, disk, or a GPU index)")
+    elif device_map not in DEVICE_MAPS:
+        raise UsageError(f"--device-map {device_map!r}: use one of {', '.join(DEVICE_MAPS)} or a JSON object "
+                         "{module name: device}")
+    out = {"device_map": device_map}
+    if config.max_memory is not None:
+        out["max_memory"] = parse_max_memory(config.max_memory)
+    if config.offload_folder is not None:
+        out["offload_folder"] = config.offload_folder
+    return out
+
+
 def check_device(device: str) -> torch.device:
     """The torch device named by `device`, or a UsageError saying why it cannot be used here."""
     try:
@@ -164,7 +203,7 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Chec
     """Load, search and render; writes nothing but the checkpoint of a checkpointing method (see `discover_into`).
     `on_checkpoint(state)` is called after each checkpoint save."""
     model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype], processing=config.processing,
-                       offline=config.offline or None)
+                       offline=config.offline or None, **placement(config))
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
     asked = None
     if len(task) < config.n_examples:
