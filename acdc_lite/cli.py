@@ -548,6 +548,36 @@ def benchmark(
     _guard(job)
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Sweep config (.json, .yaml or .toml): tasks, models, methods with their "
+                                  "options, seeds, settings, backend."),
+    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Sweep folder: cells/CELL run folders, results.csv, "
+                             "results.md."),
+    backend: str | None = typer.Option(None, help="local | ray | slurm (default: the config's, else local)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Cells at once (default: the config's, else 1)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Run a grid of discover runs (tasks x models x methods x seeds); finished cells are never recomputed.
+
+    Example: acdc-lite sweep grid.yaml --out runs/grid --backend local --workers 2
+    """
+    def job():
+        from acdc_lite.sweep import read_sweep_config, run_sweep
+
+        cfg = read_sweep_config(config, backend=backend, workers=workers)
+        result = run_sweep(cfg, out, progress=not quiet)
+        md, csv = result.table
+        typer.echo(f"{len(result.rows)} cells: {result.computed} run now, {result.reused} finished earlier, "
+                   f"{len(result.failed)} failed; wrote {md} and {csv}")
+        for row in result.failed:
+            typer.echo(f"failed: {row['cell']}: {row['error']}", err=True)
+        if result.failed:
+            raise typer.Exit(1)
+
+    _guard(job)
+
+
 @explore_app.command("patch")
 def explore_patch(
     model: str = typer.Option("induction-attn-2l", "--model", "-m", help="Zoo name, local model directory, or hub name."),

@@ -136,8 +136,9 @@ def placement(config: DiscoverConfig) -> dict:
     from acdc_lite.memory import parse_max_memory
 
     if config.device_map is None:
-        if config.offload_folder is not None:
-            raise UsageError("--offload-folder only applies with --device-map (e.g. --device-map auto)")
+        for option, value in (("--offload-folder", config.offload_folder), ("--max-memory", config.max_memory)):
+            if value is not None:
+                raise UsageError(f"{option} only applies with --device-map (e.g. --device-map auto)")
         return {}
     if config.device is not None:
         raise UsageError("--device and --device-map both place the model; give one (--device-map auto uses every device)")
