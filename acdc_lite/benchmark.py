@@ -5,7 +5,10 @@ Suites (`SUITES`), each a function returning one dict per row:
 - tracr: compiled RASP programs with exact edge-level ground truth (`acdc_lite.tracr.benchmark`).
 - gpt2: the published GPT-2 small circuits (IOI, greater-than); needs GPT-2's weights and tokenizer
   (a hub name or a local directory), otherwise one row saying why it was skipped.
-- scale: EAP and the hybrid on a GPT-2-small-shaped random model (32,491 edges): cost only.
+- scale: EAP and the hybrid on a GPT-2-small-shaped random model (32,491 edges): cost only, with the memory
+  plan's estimated peak (`acdc_lite.memory`) beside the measured one.
+- memory: the scale shapes' estimate against the measured peak, and a GPT-2-small-sized Llama found in memory and
+  with most layers on disk (accelerate offload): peak memory of each, and whether the circuits agree.
 
 Cost columns: `forward_passes`, the passes the search itself spent, and `bookkeeping_passes`, those spent on
 the reference values m(full) and m(empty) (which auto tau also reads), selecting a circuit from scores and
@@ -17,6 +20,7 @@ process. The corrupted-activation cache is counted in neither.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import resource
 import subprocess
@@ -212,6 +216,7 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, s
     forward = plain_forward_seconds(model, clean, batch_size)
     loading_peak = peak_memory_mb()
     reset_peak_memory()  # the model's loading peak is not the search's
+    plan = _plan(model, method, n_prompts, seq_len, batch_size)
     started = time.perf_counter()
     if method in ("eap", "eap-ig"):  # the scores alone: corrupted cache, then forward + backward (x ig steps)
         attribution.eap(SearchContext.build(model, task, batch_size=batch_size), ig_steps=1 if method == "eap" else 5)
@@ -226,7 +231,95 @@ def _scale_measure(method: str, n_prompts: int, seq_len: int, batch_size: int, s
             "backward_passes": round(result.backward_passes, 1), "batch_size": batch_size, "seconds": round(seconds, 1),
             "x_forward": round(seconds / forward, 1),
             **({"scoring_seconds": round(scoring, 1), "scoring_x_forward": round(scoring / forward, 1)} if scoring > 0.01 else {}),
-            "loading_peak_mb": round(loading_peak), "peak_rss_mb": round(peak_memory_mb())}
+            "loading_peak_mb": round(loading_peak), "peak_rss_mb": round(peak_memory_mb()),
+            **_plan_columns(plan, peak_memory_mb())}
+
+
+def _plan(model, method: str, n_prompts: int, seq_len: int, batch_size: int):
+    """The memory plan of a search about to start in this process (`acdc_lite.memory`)."""
+    from acdc_lite import memory
+
+    return memory.estimate(memory.model_shape(model), method, n_prompts, seq_len, batch_size,
+                           baseline=memory.resident_bytes())
+
+
+def _plan_columns(plan, measured_mb: float) -> dict:
+    estimated = plan.peak / 2**20
+    return {"held_before_search_mb": round(plan.baseline / 2**20), "estimated_peak_mb": round(estimated),
+            "estimate_error": f"{(estimated - measured_mb) / measured_mb:+.0%}"}
+
+
+def _offload_measure(model_dir: str, placement: dict, n_prompts: int, seq_len: int, batch_size: int, seed: int) -> dict:
+    """EAP on the model in `model_dir`, loaded with `placement` (load_model's device_map/max_memory; {} = in memory)."""
+    from acdc_lite import offload
+    from acdc_lite.models import load_model
+    from acdc_lite.search import search
+
+    started = time.perf_counter()
+    model = load_model(model_dir, **placement)
+    load_seconds = time.perf_counter() - started
+    loading_peak = peak_memory_mb()
+    d_vocab = model.cfg.d_vocab
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = (torch.randint(0, d_vocab, (n_prompts, seq_len), generator=g) for _ in range(2))
+    answers, foils = (torch.randint(0, d_vocab, (n_prompts, 1), generator=g) for _ in range(2))
+    task = Task("random-logit-diff", clean, corrupt, answers, foils)
+    reset_peak_memory()  # forward-only work (what ACDC, exact and head pruning do): the ablated cache, one patched pass
+    started = time.perf_counter()
+    ctx = SearchContext.build(model, task, batch_size=batch_size)
+    ctx.evaluate(ctx.graph.full_mask())
+    forward_seconds, forward_peak = time.perf_counter() - started, peak_memory_mb()
+    del ctx
+    reset_peak_memory()
+    plan = _plan(model, "eap", n_prompts, seq_len, batch_size)
+    started = time.perf_counter()
+    result = search(model, task, "eap", batch_size=batch_size, progress=False, top_n=200)
+    seconds = time.perf_counter() - started
+    kept = result.kept.nonzero().tolist()
+    on_disk = sorted(k for k, v in getattr(model.original_model, "hf_device_map", {}).items() if v == "disk")
+    return {"suite": "memory", "model": "llama, gpt2-small-sized random", "task": f"random tokens {n_prompts} x {seq_len}",
+            "method": "eap", "placement": json.dumps(placement) if placement else "in memory",
+            "modules_on_disk": len(on_disk), "offloaded_modules": len(offload.offloaded_modules(model)),
+            "edges": result.n_edges, "circuit_sha256": hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16],
+            "scores_sha256": hashlib.sha256(result.scores.nan_to_num(0).numpy().tobytes()).hexdigest()[:16],
+            "batch_size": batch_size, "load_seconds": round(load_seconds, 1), "loading_peak_mb": round(loading_peak),
+            "forward_only_seconds": round(forward_seconds, 1), "forward_only_peak_mb": round(forward_peak),
+            "seconds": round(seconds, 1), "peak_rss_mb": round(peak_memory_mb()), **_plan_columns(plan, peak_memory_mb())}
+
+
+def _big_llama(directory: Path, seed: int = 0) -> Path:
+    """A random Llama of GPT-2 small's size (12 layers x 12 heads, d_model 768, d_mlp 3072, vocab 50257), saved."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=12, hidden_size=768,
+                         intermediate_size=3072, vocab_size=50257, max_position_embeddings=128, tie_word_embeddings=False)
+    LlamaForCausalLM(config).eval().save_pretrained(directory)
+    return directory
+
+
+def _subprocess_row(args: list) -> dict:
+    out = subprocess.run([sys.executable, "-m", "acdc_lite.benchmark", json.dumps(args)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess {args[0]} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tuple[int, int]] = ((32, 16), (16, 32)),
+                 batch_size: int = 8, seed: int = 0, offload_shape: tuple[int, int] = (16, 16),
+                 weights_in_memory: str = "400MB") -> list[dict]:
+    """The memory plan's estimate against the measured peak on the scale suite's shapes, and an offloaded model's
+    peak beside the same model's in memory; every run in its own subprocess (peaks are per process)."""
+    import tempfile
+
+    rows = [{**_subprocess_row(["scale", m, n, p, batch_size, seed]), "suite": "memory"}
+            for m, (n, p) in ((m, shape) for m in methods for shape in shapes)]
+    with tempfile.TemporaryDirectory(prefix="acdc-offload-") as tmp:
+        model_dir = str(_big_llama(Path(tmp) / "llama", seed))
+        n, p = offload_shape
+        for placement in ({}, {"device_map": "auto", "max_memory": {"cpu": weights_in_memory}}):
+            rows.append(_subprocess_row(["offload", model_dir, placement, n, p, batch_size, seed]))
+    return rows
 
 
 def scale_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tuple[int, int]] = ((32, 16), (16, 32)),
@@ -235,15 +328,12 @@ def scale_suite(methods: Sequence[str] = ("eap", "eap-ig"), shapes: Sequence[tup
     prompts (to stay within 4 GB); each run in its own subprocess."""
     rows = []
     for method, (n_prompts, seq_len) in ((m, shape) for m in methods for shape in shapes):
-        args = json.dumps([method, n_prompts, seq_len, batch_size, seed])
-        out = subprocess.run([sys.executable, "-m", "acdc_lite.benchmark", args], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"scale benchmark {method} failed:\n{out.stderr[-2000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(_subprocess_row(["scale", method, n_prompts, seq_len, batch_size, seed]))
     return rows
 
 
-SUITES: dict[str, Callable[..., list[dict]]] = {"zoo": zoo_suite, "tracr": tracr_suite, "gpt2": gpt2_suite, "scale": scale_suite}
+SUITES: dict[str, Callable[..., list[dict]]] = {"zoo": zoo_suite, "tracr": tracr_suite, "gpt2": gpt2_suite, "scale": scale_suite,
+                                                "memory": memory_suite}
 
 
 def write_table(rows: list[dict], out_dir: str | Path, name: str, title: str, notes: Sequence[str] = ()) -> tuple[Path, Path]:
@@ -262,5 +352,6 @@ def write_table(rows: list[dict], out_dir: str | Path, name: str, title: str, no
     return md, csv
 
 
-if __name__ == "__main__":  # python -m acdc_lite.benchmark '["eap", 32, 16, 8, 0]' (used by scale_suite)
-    print(json.dumps(_scale_measure(*json.loads(sys.argv[1]))))
+if __name__ == "__main__":  # python -m acdc_lite.benchmark '["scale", "eap", 32, 16, 8, 0]' (scale and memory suites)
+    kind, *arguments = json.loads(sys.argv[1])
+    print(json.dumps({"scale": _scale_measure, "offload": _offload_measure}[kind](*arguments)))

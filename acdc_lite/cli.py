@@ -179,7 +179,8 @@ def discover(
                                      n_examples=n_examples, seed=seed, device=device, dtype=dtype, batch_size=batch_size,
                                      processing=processing, offline=offline or None, device_map=device_map,
                                      max_memory=max_memory, offload_folder=offload_folder, **(method_options or {}))
-        result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every)
+        result = discover_into(out, cfg, resume=resume, force=force, progress=not quiet, checkpoint_interval=checkpoint_every,
+                               on_plan=None if quiet else lambda plan: typer.echo(plan.describe(), err=True))
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
                    f"faithfulness {_number(c.metrics['faithfulness'])} on {c.method['metric']} ({c.ablation} ablation), "
@@ -524,7 +525,7 @@ def explore_neurons(
 
 @app.command()
 def benchmark(
-    suite: str = typer.Argument("zoo", help="zoo | tracr | gpt2 | scale"),
+    suite: str = typer.Argument("zoo", help="zoo | tracr | gpt2 | scale | memory"),
     out: Path = typer.Option(Path("benchmarks"), "--out", "-o", help="Directory for SUITE.md and SUITE.csv."),
     seed: int = typer.Option(0, help="Task sampling seed."),
     methods: str | None = typer.Option(None, help="Comma-separated methods (default: the suite's)."),

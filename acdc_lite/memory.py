@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from acdc_lite.boundary import UsageError
 
@@ -44,3 +45,171 @@ def parse_max_memory(text: str, where: str = "--max-memory") -> dict[str | int, 
             raise UsageError(f"{where} {text!r}: device {device} is given twice")
         out[key] = parse_size(size, where)
     return out
+
+
+# ---- the estimate --------------------------------------------------------------------------------
+FLOAT = 4  # bytes: scores and activations are float32
+
+# Per layer, how many tensors of each size the patched forward keeps for the backward pass (autograd's saved
+# tensors), counted with torch.autograd.graph.saved_tensors_hooks on small random models (see benchmarks/memory.md):
+# bphd = [batch, pos, heads, d_model] (TransformerLens' per-head q/k/v input forks and their normalised copies),
+# bpd = [batch, pos, d_model], bpf = [batch, pos, d_mlp], bhpp = [batch, heads, pos, pos].
+SAVED_PER_LAYER = {
+    "bridge": {"bphd": 9.0, "bpd": 10.5, "bpf": 5.0, "bhpp": 2.0},  # TransformerBridge (GPT-2: 6 bphd, Llama: 9)
+    "small": {"bphd": 4.0, "bpd": 8.0, "bpf": 3.0, "bhpp": 2.0},  # SmallTransformer
+}
+GRADIENT_METHODS = ("eap", "eap-ig", "hybrid", "hisp")
+CANDIDATES = {"acdc": 8, "hybrid": 8, "exact": 16, "head-pruning": 16}  # masks evaluated per pass (speculative batches)
+PREFIXED = ("acdc", "hybrid", "exact")  # keep every chunk's sender differences and residuals (suffix passes)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate reads from a model: sizes, and whether it is a TransformerBridge."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_mlp: int  # 0 without MLPs
+    d_vocab: int
+    family: str  # a key of SAVED_PER_LAYER
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + (1 if self.d_mlp else 0))
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + (1 if self.d_mlp else 0)) + 1
+
+
+def model_shape(model) -> Shape:
+    """The Shape of a model from `load_model`."""
+    from acdc_lite.shape import is_bridge, model_info
+
+    info = model_info(model)
+    if is_bridge(model):
+        d_mlp = int(getattr(model.cfg, "d_mlp", 0) or 0) if info.has_mlp else 0
+        family = "bridge"
+    else:
+        d_mlp = int(model.cfg.d_mlp) if info.has_mlp else 0
+        family = "small"
+    return Shape(info.n_layers, info.n_heads, info.d_model, d_mlp, info.d_vocab, family)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated peak memory of a search: what the process already holds (`baseline`: libraries, weights, task)
+    plus the largest working set of the method's phases, each a dict of named parts in bytes."""
+
+    method: str
+    n_examples: int
+    seq_len: int
+    batch_size: int
+    baseline: int
+    phases: dict  # phase name -> {part: bytes}
+
+    @property
+    def working(self) -> int:
+        return max(sum(parts.values()) for parts in self.phases.values())
+
+    @property
+    def peak(self) -> int:
+        return self.baseline + self.working
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda k: sum(self.phases[k].values()))
+
+    def describe(self) -> str:
+        parts = self.phases[self.peak_phase]
+        top = ", ".join(f"{k} {format_size(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1])[:4])
+        return (f"memory plan: {self.method}, {self.n_examples} prompts x {self.seq_len} tokens in chunks of {self.batch_size}: "
+                f"peak ~{format_size(self.peak)} = {format_size(self.baseline)} held now + {format_size(self.working)} "
+                f"during {self.peak_phase} ({top})")
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "n_examples": self.n_examples, "seq_len": self.seq_len,
+                "batch_size": self.batch_size, "baseline_bytes": self.baseline, "peak_bytes": self.peak,
+                "peak_phase": self.peak_phase, "phases": self.phases}
+
+
+def format_size(n: float) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, *, ig_steps: int = 5,
+             ablation: str = "resample", baseline: int = 0) -> MemoryPlan:
+    """The peak memory of `method` on `n_examples` prompts of `seq_len` tokens, evaluated `batch_size` at a time.
+
+    Phases (the peak is the largest): building the ablated cache (every sender's corrupted output: [N, pos, S, d]
+    for resample ablation, built chunk by chunk and then concatenated, so twice that at once); patched forward passes
+    (a chunk's sender differences [C, S, b*pos, d] for C candidate masks, the logits, the per-layer corrections); and
+    for gradient methods one forward with every layer's saved activations (SAVED_PER_LAYER) plus the gradients at
+    every receiver input (kept across EAP-IG's steps).
+    """
+    s = shape
+    n, p, b = n_examples, seq_len, min(batch_size, n_examples)
+    f = FLOAT
+    if ablation == "resample":
+        cache = n * p * s.n_senders * s.d_model * f
+    elif ablation == "mean-positional":
+        cache = p * s.n_senders * s.d_model * f
+    else:
+        cache = s.n_senders * s.d_model * f
+    deltas = s.n_senders * b * p * s.d_model * f  # one chunk, one candidate
+    logits = b * p * s.d_vocab * f
+    bphd, bpd, bpf, bhpp = b * p * s.n_heads * s.d_model, b * p * s.d_model, b * p * s.d_mlp, b * s.n_heads * p * p
+    layer_forward = (2 * bphd + 2 * bpd + bpf + 2 * bhpp) * f  # one layer's transient tensors in a no-grad pass
+    phases = {"ablated cache": {"ablated outputs": 2 * cache if ablation == "resample" else cache,
+                                "one layer's activations": layer_forward, "logits": 2 * logits}}
+    c = CANDIDATES.get(method, 1)
+    prefix = n * p * (s.n_senders + s.n_layers) * s.d_model * f if method in PREFIXED else 0
+    phases["patched passes"] = {"ablated outputs": cache, "prefix": prefix, "sender differences": c * deltas,
+                                "logits": 3 * c * logits, "corrections": 2 * c * 3 * bphd * f,
+                                "one layer's activations": c * layer_forward}
+    if method in GRADIENT_METHODS:
+        k = SAVED_PER_LAYER[s.family]
+        saved = s.n_layers * (k["bphd"] * bphd + k["bpd"] * bpd + k["bpf"] * bpf + k["bhpp"] * bhpp) * f
+        receiver_grads = (s.n_layers * 3 * bphd + (s.n_layers + 1) * bpd) * f
+        steps = ig_steps if method in ("eap-ig", "hybrid") else 1
+        held = receiver_grads if steps > 1 else 0  # the running sum over integration steps
+        phases["gradient pass"] = {"ablated outputs": cache, "sender differences": deltas, "saved activations": saved,
+                                   "logits": 3 * logits, "summed gradients": held}
+        phases["gradients"] = {"ablated outputs": cache, "sender differences": deltas,
+                               "receiver gradients": 2 * receiver_grads + held}
+    return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})
+
+
+def fit(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, limit: int, *, ig_steps: int = 5,
+        ablation: str = "resample", baseline: int = 0) -> MemoryPlan:
+    """The plan with the largest batch size <= `batch_size` whose estimated peak is within `limit` bytes; a
+    UsageError when even one prompt at a time is over it."""
+    kwargs = {"ig_steps": ig_steps, "ablation": ablation, "baseline": baseline}
+    plan = estimate(shape, method, n_examples, seq_len, batch_size, **kwargs)
+    size = plan.batch_size
+    while plan.peak > limit and size > 1:
+        size = max(1, size // 2) if size > 8 else size - 1
+        plan = estimate(shape, method, n_examples, seq_len, size, **kwargs)
+    if plan.peak > limit:
+        raise UsageError(f"--max-memory {format_size(limit)}: the run needs ~{format_size(plan.peak)} even one prompt at a "
+                         f"time ({format_size(plan.baseline)} held after loading the model, {format_size(plan.working)} "
+                         f"during {plan.peak_phase}); give more memory, fewer --n-examples, or --device-map auto to keep "
+                         "weights on disk")
+    return plan

@@ -136,9 +136,10 @@ def placement(config: DiscoverConfig) -> dict:
     from acdc_lite.memory import parse_max_memory
 
     if config.device_map is None:
-        for option, value in (("--offload-folder", config.offload_folder), ("--max-memory", config.max_memory)):
-            if value is not None:
-                raise UsageError(f"{option} only applies with --device-map (e.g. --device-map auto)")
+        if config.offload_folder is not None:
+            raise UsageError("--offload-folder only applies with --device-map (e.g. --device-map auto)")
+        if config.max_memory is not None:
+            parse_max_memory(config.max_memory)  # the run's limit (checked against the memory plan)
         return {}
     if config.device is not None:
         raise UsageError("--device and --device-map both place the model; give one (--device-map auto uses every device)")
@@ -186,6 +187,7 @@ class DiscoverOutput:
     svg: str | None  # None when graphviz's dot is not installed
     svg_problem: str | None
     n_examples_asked: int | None = None  # set when the task had fewer examples than asked
+    memory_plan: object = None  # the acdc_lite.memory.MemoryPlan the run was checked against
 
 
 def task_hash(task: Task) -> str:
@@ -198,11 +200,29 @@ def task_hash(task: Task) -> str:
     return h.hexdigest()[:16]
 
 
+def plan_memory(config: DiscoverConfig, model, task: Task):
+    """The memory plan of this run (`acdc_lite.memory`), made after the model and task are loaded; with
+    `max_memory`, the batch size shrinks until the estimated peak fits (a UsageError when it never does)."""
+    from acdc_lite import memory
+
+    options = getattr(config, "options", None)
+    ig_steps = getattr(config, "ig_steps", None) or getattr(options, "ig_steps", None) or 5
+    args = (memory.model_shape(model), config.method, len(task), int(task.clean.shape[1]), config.batch_size)
+    kwargs = {"ig_steps": ig_steps, "ablation": config.ablation, "baseline": memory.resident_bytes()}
+    if config.max_memory is None:
+        return memory.estimate(*args, **kwargs)
+    limits = memory.parse_max_memory(config.max_memory)
+    if "cpu" not in limits:
+        return memory.estimate(*args, **kwargs)
+    return memory.fit(*args, limits["cpu"], **kwargs)
+
+
 def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Checkpointer | None = None,
                  checkpoint_dir: str | Path | None = None, resume: bool = False,
-                 checkpoint_interval: float = DEFAULT_INTERVAL, on_checkpoint=None) -> DiscoverOutput:
+                 checkpoint_interval: float = DEFAULT_INTERVAL, on_checkpoint=None, on_plan=None) -> DiscoverOutput:
     """Load, search and render; writes nothing but the checkpoint of a checkpointing method (see `discover_into`).
-    `on_checkpoint(state)` is called after each checkpoint save."""
+    `on_checkpoint(state)` is called after each checkpoint save, `on_plan(plan)` with the memory plan before the search
+    (with `max_memory`, a batch size that does not fit is lowered first)."""
     model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype], processing=config.processing,
                        offline=config.offline or None, **placement(config))
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
@@ -211,6 +231,14 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Chec
         log.warning("task %s has %d examples, fewer than the %d asked: using %d (recorded in config.json and run.json)",
                     config.task, len(task), config.n_examples, len(task))
         asked, config = config.n_examples, replace(config, n_examples=len(task))
+    plan = plan_memory(config, model, task)
+    if plan.batch_size < min(config.batch_size, len(task)):
+        log.warning("--max-memory %s: batch size %d -> %d (%s)", config.max_memory, config.batch_size, plan.batch_size,
+                    plan.describe())
+        config = replace(config, batch_size=plan.batch_size)
+    log.info("%s", plan.describe())
+    if on_plan is not None:
+        on_plan(plan)
     if checkpoint is None and checkpoint_dir is not None and config.method in CHECKPOINTED:
         settings = {**config.flat(), "model_fingerprint": fingerprint(model), "task_hash": task_hash(task)}
         checkpoint = Checkpointer(Path(checkpoint_dir) / CHECKPOINT, settings, checkpoint_interval, on_save=on_checkpoint)
@@ -231,7 +259,7 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Chec
         problem = f"rendering unavailable: {e}"
     except RuntimeError as e:
         problem = str(e)
-    return DiscoverOutput(circuit, config, svg, problem, asked)
+    return DiscoverOutput(circuit, config, svg, problem, asked, plan)
 
 
 def with_detected_roles(circuit: Circuit, model, task) -> Circuit:
@@ -267,7 +295,7 @@ def _config_json(config: DiscoverConfig) -> str:
 
 
 def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool = False, force: bool = False,
-                  progress: bool = True, checkpoint_interval: float = DEFAULT_INTERVAL) -> DiscoverOutput:
+                  progress: bool = True, checkpoint_interval: float = DEFAULT_INTERVAL, on_plan=None) -> DiscoverOutput:
     """Run discover in the run folder `directory`: checked before any work, locked for the run, checkpointed
     (methods in CHECKPOINTED: every `checkpoint_interval` seconds and on SIGINT/SIGTERM), then circuit.json,
     circuit.svg, config.json and the run record run.json. A finished run there is refused unless `force`."""
@@ -291,13 +319,15 @@ def discover_into(directory: str | Path, config: DiscoverConfig, *, resume: bool
         record = RunRecord(directory, "discover", settings).start(resume=resume)
         try:
             result = run_discover(config, progress=progress, checkpoint_dir=directory, resume=resume,
-                                  checkpoint_interval=checkpoint_interval, on_checkpoint=record.checkpointed)
+                                  checkpoint_interval=checkpoint_interval, on_checkpoint=record.checkpointed, on_plan=on_plan)
         except KeyboardInterrupt:
             if (directory / CHECKPOINT).is_file():
                 record.finish("interrupted", **record.passes_at_checkpoint)
             raise
         files = write_outputs(result, directory)
         facts = {"n_examples_asked": result.n_examples_asked} if result.n_examples_asked else {}
+        if result.memory_plan is not None:
+            facts["memory_plan"] = result.memory_plan.to_dict()
         record.finish("finished", result.circuit.cost.get("forward_passes", 0.0),
                       result.circuit.cost.get("backward_passes", 0.0), outputs=[f.name for f in files], **facts)
     return result
