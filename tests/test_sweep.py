@@ -145,12 +145,14 @@ def _same_table_through(backend, local_run, **extra):
     return root / backend
 
 
+@pytest.mark.slow  # 15-45 s: a Ray cluster starts and its workers import torch
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install 'acdc-lite[sweep]')")
 def test_ray_local_cluster_gives_the_same_table(local_run):
     out = _same_table_through("ray", local_run)
     assert any((out / ".ray").glob("session_*"))  # Ray's temporary files stayed in the sweep folder
 
 
+@pytest.mark.slow  # 15-45 s: each job is a fresh Python process
 @pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit not installed (pip install 'acdc-lite[sweep]')")
 def test_slurm_through_submitit_local_executor_gives_the_same_table(local_run):
     out = _same_table_through("slurm", local_run, slurm={"cluster": "local", "cells_per_job": 6, "timeout_min": 10})
