@@ -240,7 +240,7 @@ def _plan(model, method: str, n_prompts: int, seq_len: int, batch_size: int):
     from acdc_lite import memory
 
     return memory.estimate(memory.model_shape(model), method, n_prompts, seq_len, batch_size,
-                           baseline=memory.resident_bytes())
+                           baseline=memory.resident_bytes(), offloaded=memory.offloaded_bytes(model))
 
 
 def _plan_columns(plan, measured_mb: float) -> dict:

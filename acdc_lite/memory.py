@@ -97,6 +97,11 @@ def model_shape(model) -> Shape:
     return Shape(info.n_layers, info.n_heads, info.d_model, d_mlp, info.d_vocab, family)
 
 
+def offloaded_bytes(model) -> int:
+    """Bytes of the weights accelerate keeps off-device (parameters on the meta device), 0 for a model in memory."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.is_meta)
+
+
 def resident_bytes() -> int:
     """This process's resident memory now."""
     try:
@@ -155,14 +160,16 @@ def format_size(n: float) -> str:
 
 
 def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, *, ig_steps: int = 5,
-             ablation: str = "resample", baseline: int = 0) -> MemoryPlan:
+             ablation: str = "resample", baseline: int = 0, offloaded: int = 0) -> MemoryPlan:
     """The peak memory of `method` on `n_examples` prompts of `seq_len` tokens, evaluated `batch_size` at a time.
 
     Phases (the peak is the largest): building the ablated cache (every sender's corrupted output: [N, pos, S, d]
     for resample ablation, built chunk by chunk and then concatenated, so twice that at once); patched forward passes
     (a chunk's sender differences [C, S, b*pos, d] for C candidate masks, the logits, the per-layer corrections); and
     for gradient methods one forward with every layer's saved activations (SAVED_PER_LAYER) plus the gradients at
-    every receiver input (kept across EAP-IG's steps).
+    every receiver input (kept across EAP-IG's steps). `offloaded`: bytes of weights accelerate keeps on disk; a
+    forward pass reads one layer's worth at a time, but a gradient pass keeps every weight it read until the backward
+    pass (autograd saves them), so all of them are resident then.
     """
     s = shape
     n, p, b = n_examples, seq_len, min(batch_size, n_examples)
@@ -183,7 +190,8 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
     prefix = n * p * (s.n_senders + s.n_layers) * s.d_model * f if method in PREFIXED else 0
     phases["patched passes"] = {"ablated outputs": cache, "prefix": prefix, "sender differences": c * deltas,
                                 "logits": 3 * c * logits, "corrections": 2 * c * 3 * bphd * f,
-                                "one layer's activations": c * layer_forward}
+                                "one layer's activations": c * layer_forward,
+                                "offloaded layer being read": offloaded // max(1, s.n_layers)}
     if method in GRADIENT_METHODS:
         k = SAVED_PER_LAYER[s.family]
         saved = s.n_layers * (k["bphd"] * bphd + k["bpd"] * bpd + k["bpf"] * bpf + k["bhpp"] * bhpp) * f
@@ -191,17 +199,17 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
         steps = ig_steps if method in ("eap-ig", "hybrid") else 1
         held = receiver_grads if steps > 1 else 0  # the running sum over integration steps
         phases["gradient pass"] = {"ablated outputs": cache, "sender differences": deltas, "saved activations": saved,
-                                   "logits": 3 * logits, "summed gradients": held}
+                                   "logits": 3 * logits, "summed gradients": held, "offloaded weights read": offloaded}
         phases["gradients"] = {"ablated outputs": cache, "sender differences": deltas,
                                "receiver gradients": 2 * receiver_grads + held}
     return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})
 
 
 def fit(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, limit: int, *, ig_steps: int = 5,
-        ablation: str = "resample", baseline: int = 0) -> MemoryPlan:
+        ablation: str = "resample", baseline: int = 0, offloaded: int = 0) -> MemoryPlan:
     """The plan with the largest batch size <= `batch_size` whose estimated peak is within `limit` bytes; a
     UsageError when even one prompt at a time is over it."""
-    kwargs = {"ig_steps": ig_steps, "ablation": ablation, "baseline": baseline}
+    kwargs = {"ig_steps": ig_steps, "ablation": ablation, "baseline": baseline, "offloaded": offloaded}
     plan = estimate(shape, method, n_examples, seq_len, batch_size, **kwargs)
     size = plan.batch_size
     while plan.peak > limit and size > 1:

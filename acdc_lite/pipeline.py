@@ -208,7 +208,8 @@ def plan_memory(config: DiscoverConfig, model, task: Task):
     options = getattr(config, "options", None)
     ig_steps = getattr(config, "ig_steps", None) or getattr(options, "ig_steps", None) or 5
     args = (memory.model_shape(model), config.method, len(task), int(task.clean.shape[1]), config.batch_size)
-    kwargs = {"ig_steps": ig_steps, "ablation": config.ablation, "baseline": memory.resident_bytes()}
+    kwargs = {"ig_steps": ig_steps, "ablation": config.ablation, "baseline": memory.resident_bytes(),
+              "offloaded": memory.offloaded_bytes(model)}
     if config.max_memory is None:
         return memory.estimate(*args, **kwargs)
     limits = memory.parse_max_memory(config.max_memory)

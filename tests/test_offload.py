@@ -135,3 +135,19 @@ def test_cli_placement_options_refused_with_one_line(tmp_path, args, words):
     assert res.exit_code == 2, res.output
     assert words in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_the_memory_plan_counts_the_offloaded_weights(pair):
+    from acdc_lite import memory
+
+    in_memory, disk = pair
+    layer1 = sum(t.numel() * t.element_size() for n, t in in_memory.state_dict().items() if n.startswith("blocks.1."))
+    assert memory.offloaded_bytes(in_memory) == 0
+    assert memory.offloaded_bytes(disk) == layer1
+    shape = memory.model_shape(disk)
+    assert shape == memory.model_shape(in_memory)
+    plain = memory.estimate(shape, "eap", 8, 10, 8)
+    placed = memory.estimate(shape, "eap", 8, 10, 8, offloaded=layer1)
+    # a gradient pass keeps every offloaded weight it read until the backward pass
+    assert placed.phases["gradient pass"]["offloaded weights read"] == layer1
+    assert placed.peak == plain.peak + layer1
