@@ -27,6 +27,7 @@ from torch import nn
 
 from acdc_lite import metrics as metric_registry
 from acdc_lite.boundary import read_text
+from acdc_lite.faithfulness import gap_is_zero
 from acdc_lite.padding import PaddingSide, first_real, forward, pad_id_of, pad_rows, padding_side_of
 
 log = logging.getLogger(__name__)
@@ -714,7 +715,7 @@ def check_signal(model: nn.Module, task: Task, metric_name: str | None = None) -
     clean, corrupt = values
     if not all(map(lambda v: v == v and abs(v) != float("inf"), values)):
         raise TaskError(f"task {task.name!r}: the metric is NaN or infinite on this model (clean {clean}, corrupt {corrupt})")
-    if abs(clean - corrupt) < 1e-6:
+    if gap_is_zero(clean, corrupt):  # the tolerance every faithfulness uses
         raise TaskError(f"task {task.name!r}: clean and corrupted prompts give the same metric ({clean:.4g}); "
                         "there is nothing to explain. Check that the corruption changes the answer-relevant tokens")
     return clean, corrupt

@@ -632,8 +632,6 @@ def register() -> None:
 
 # ---- benchmark: every search method against the ground truth ---------------------------------------------
 SWEEP_FRACTIONS = (0.0,) + tuple(10 ** (k / 4) for k in range(-24, 1))  # ACDC's tau as a share of |m(full) - m(empty)|
-NODE_METHODS = ("head-pruning", "hisp")
-CLEAN_GRADIENT_METHODS = ("eap", "hisp")  # gradients at the clean model only, where l2's is zero
 
 
 def sweep_auc(points: Sequence[tuple[float, float]]) -> float:
@@ -691,7 +689,7 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
     Cost columns are the default run's; the sweep's cost is in `sweep_*`.
     """
     from acdc_lite.patching import EdgePatcher, ablated_outputs
-    from acdc_lite.search import METHODS, search, to_circuit
+    from acdc_lite.search import METHODS, Level, search, to_circuit
     from acdc_lite.validate import ground_truth, roc_auc
 
     rows = []
@@ -706,15 +704,17 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
             judge = task.metric(metric, prog.model)
             full, empty = (float(v) for v in patcher.evaluate(torch.stack([graph.full_mask(), graph.empty_mask()]), judge))
         for method in methods or METHODS:
-            search_metric = gradient_metric if method in CLEAN_GRADIENT_METHODS else metric
-            kw = {"include_mlps": True} if method in NODE_METHODS else {}
+            spec = METHODS[method]
+            node_level = spec.level is Level.NODE
+            search_metric = gradient_metric if spec.clean_gradient else metric  # l2's gradient at the clean model is 0
+            kw = {"include_mlps": True} if "include_mlps" in spec.option_names() else {}
             run = functools.partial(search, prog.model, task, method, metric=search_metric, ablation=ablation, seed=seed,
                                     progress=progress, **kw)
             started = time.perf_counter()
             result = run()
             seconds = time.perf_counter() - started
             kept = result.kept
-            scores = edge_scores_from_nodes(graph, result.scores) if method in NODE_METHODS else result.scores
+            scores = edge_scores_from_nodes(graph, result.scores) if node_level else result.scores
             has_scores = not torch.isnan(scores[valid]).all()
             circuit = to_circuit(prog.model, task, result)
             gt = ground_truth(prog.ground_truth, scores if has_scores else kept.float(), circuit)
@@ -734,7 +734,7 @@ def benchmark(programs: Sequence[str] | None = None, methods: Sequence[str] | No
                    "forward_passes": result.search_forward_passes,
                    "bookkeeping_passes": result.bookkeeping_forward_passes, "backward_passes": result.backward_passes,
                    "seconds": seconds, "sweep_runs": 0, "sweep_forward_passes": 0.0, "sweep_seconds": 0.0}
-            if method in NODE_METHODS:
+            if node_level:
                 row["roc_from"] = "node scores (edge: weaker endpoint)"
             if method == "acdc":
                 gap = abs(result.metric_full - result.metric_empty)

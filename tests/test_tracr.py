@@ -15,6 +15,7 @@ from acdc_lite import Ablation, Circuit, EdgePatcher, ModelGraph, ablated_output
 from acdc_lite import tracr as T  # noqa: E402
 from acdc_lite.graph import Edge, NodeKind  # noqa: E402
 from acdc_lite.models import ModelLoadError, load_model  # noqa: E402
+from acdc_lite.search import METHODS, search  # noqa: E402
 from acdc_lite.task import TaskError, load_task  # noqa: E402
 from acdc_lite.transformer import SmallTransformer  # noqa: E402
 
@@ -211,3 +212,14 @@ def test_committed_methods_table_is_current():
     for key in ("edges", "roc_auc", "roc_auc_scores", "roc_auc_tol", "roc_auc_binary", "edge_precision", "edge_recall"):
         assert saved[key].to_numpy() == pytest.approx(rows[key].to_numpy(), abs=1e-5, nan_ok=True), key
     assert (rows[rows["method"] == "acdc"]["edge_precision"] == 1.0).all()  # ACDC never keeps a non-ground-truth edge
+
+
+@pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if spec.gradient])
+def test_declared_clean_gradient_matches_behaviour_on_a_flat_metric(method):
+    """On tracr-hist with l2 (zero gradient at the clean model) exactly the clean-gradient methods score all 0."""
+    prog = T.program_by_name("hist")
+    spec = METHODS[method]
+    opts = {"top_n": 3} if "top_n" in spec.option_names() else {"tau": 0.0}
+    result = search(prog.model, prog.make_task(), method, metric="l2", ablation="zero", progress=False, **opts)
+    scored = result.scores[torch.isfinite(result.scores)]
+    assert bool((scored == 0).all()) == spec.clean_gradient

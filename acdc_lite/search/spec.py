@@ -41,6 +41,8 @@ class MethodSpec:
     defaults, `help`), what it needs, and `run(ctx, options, runtime) -> SearchResult`.
 
     gradient: it takes gradients of the metric at or near the clean model, so KL (zero gradient there) is refused.
+    clean_gradient: its gradients are taken at the clean model only (no path from the ablated input), so any metric
+    flat at the clean model (KL, l2 on tracr) scores every edge 0.
     default_metric: the metric when none is given (None: the task's own). tau_share: for a method with a `tau`
     option, the auto tau on a task metric as a share of |m(full) - m(empty)| (on KL it is 0.01 nats).
     """
@@ -51,6 +53,7 @@ class MethodSpec:
     run: Callable
     level: Level = Level.EDGE
     gradient: bool = False
+    clean_gradient: bool = False
     gqa: bool = True
     checkpointable: bool = False
     default_metric: str | None = None

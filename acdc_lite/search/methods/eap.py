@@ -20,4 +20,4 @@ def run(ctx, options: EAPOptions, runtime: Runtime):
 
 
 SPEC = MethodSpec("eap", "attribution scores from one gradient pass, then top-n, threshold or target faithfulness",
-                  EAPOptions, run, gradient=True)
+                  EAPOptions, run, gradient=True, clean_gradient=True)

@@ -25,4 +25,4 @@ def run(ctx, options: HISPOptions, runtime: Runtime):
 
 
 SPEC = MethodSpec("hisp", "one-shot head-importance-score ranking (node level)", HISPOptions, run, level=Level.NODE,
-                  gradient=True, tau_share=0.05)
+                  gradient=True, clean_gradient=True, tau_share=0.05)
