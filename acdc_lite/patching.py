@@ -58,9 +58,11 @@ def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, batch_size: int = 64,
-                   attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+                   attention_mask: torch.Tensor | None = None,
+                   on_logits: Callable[[torch.Tensor, slice], None] | None = None) -> list[torch.Tensor]:
     """Each sender group's output on `tokens` [b, p] (padded positions hidden by `attention_mask` [b, p]):
-    a list over `graph.sender_groups` of [b, p, n, d]."""
+    a list over `graph.sender_groups` of [b, p, n, d]. `on_logits(logits [b, p, vocab], rows)` sees each
+    chunk's logits (a metric of the run costs no extra pass)."""
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(tokens), batch_size):
         store: dict[int, torch.Tensor] = {}
@@ -73,18 +75,22 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
         fwd = [(g.hook, make(i, g.size)) for i, g in enumerate(graph.sender_groups)]
         mask = None if attention_mask is None else attention_mask[start:start + batch_size]
         with model.hooks(fwd_hooks=fwd):
-            forward(model, tokens[start:start + batch_size], mask)
+            logits = forward(model, tokens[start:start + batch_size], mask)
+        if on_logits is not None:
+            on_logits(logits, slice(start, start + len(logits)))
         chunks.append([store[i] for i in range(len(graph.sender_groups))])
     return [torch.cat(parts) for parts in zip(*chunks, strict=False)]
 
 
 def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.Tensor | None,
                     ablation: Ablation | str = Ablation.RESAMPLE, batch_size: int = 64,
-                    attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+                    attention_mask: torch.Tensor | None = None,
+                    on_logits: Callable[[torch.Tensor, slice], None] | None = None) -> list[torch.Tensor]:
     """Ablated value of every sender group: [b, p, n, d] (resample), [1, p, n, d] (mean-positional),
     [1, 1, n, d] (mean, zero). Means are over the corrupted prompts' real positions (`attention_mask` [b, p],
     True at real tokens; padded positions never enter a mean). Mean-positional ablation refuses prompts of
-    different lengths: a position index means a different token in each."""
+    different lengths: a position index means a different token in each. `on_logits`: see `sender_outputs`
+    (called when the corrupted prompts are run)."""
     ablation = Ablation(ablation)
     if attention_mask is not None and ablation is Ablation.MEAN_POSITIONAL and not bool(attention_mask.all()):
         lengths = attention_mask.sum(1)
@@ -97,7 +103,7 @@ def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.T
         return [torch.zeros(1, 1, g.size, info.d_model, device=p.device, dtype=p.dtype) for g in graph.sender_groups]
     if corrupt_tokens is None:
         raise ValueError(f"{ablation.value} ablation needs corrupted prompts")
-    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask)
+    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask, on_logits)
     if ablation is Ablation.MEAN:
         if attention_mask is None:
             return [o.mean(dim=(0, 1), keepdim=True) for o in outs]
@@ -176,6 +182,12 @@ class EdgePatcher:
         self.supports_start = info.supports_start_at_layer
         self.forward_passes = 0.0  # in units of one plain forward over all examples
         self.backward_passes = 0.0
+
+    def subset(self, rows: torch.Tensor) -> EdgePatcher:
+        """The same patcher on examples `rows` [m] only (its pass counters start at zero, in its own units)."""
+        mask = None if self.attention_mask is None else self.attention_mask[rows]
+        ablated = [a if a.shape[0] == 1 else a[rows] for a in self.ablated]
+        return EdgePatcher(self.model, self.graph, self.tokens[rows], ablated, self.batch_size, mask)
 
     # ---- masks ----------------------------------------------------------------------------
     def removed_weights(self, kept: torch.Tensor) -> torch.Tensor:

@@ -80,8 +80,9 @@ def refuse_constant_metric(metric: str, full: float, empty: float) -> None:
 
 
 def resolve(spec: MethodSpec, options, metric: str, ablation: Ablation, seed: int, batch_size: int,
-            metric_full: float, metric_empty: float) -> Settings:
-    """The frozen Settings of a run: options' own defaults decided (`resolved()`), auto tau measured."""
+            metric_full: float | None, metric_empty: float | None) -> Settings:
+    """The frozen Settings of a run: options' own defaults decided (`resolved()`), auto tau measured (from
+    metric_full and metric_empty, which a method without tau need not give)."""
     if hasattr(options, "resolved"):
         options = options.resolved()
     tau_rule = None
@@ -123,13 +124,17 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", options=None, *
         if not spec.gqa and ctx.graph.kv_group > 1:
             raise SearchError(f"{method} does not support grouped-query attention; use one of "
                               f"{', '.join(n for n, s in methods.METHODS.items() if s.gqa)}")
-        full, empty = ctx.reference()
-        refuse_constant_metric(metric, full, empty)  # before any search: nothing would be explained
+        full = empty = None
+        if "tau" in spec.option_names() or not spec.gradient:
+            full, empty = ctx.reference()
+            refuse_constant_metric(metric, full, empty)  # before any search: nothing would be explained
         settings = resolve(spec, opts, metric, ablation, seed, batch_size, full, empty)
         if isinstance(checkpoint, (str, Path)):
             flat = {k: v for k, v in settings.to_dict().items() if k != "params"}
             checkpoint = Checkpointer(Path(checkpoint), {**flat, **settings.params})  # a difference names the option
         result = spec.run(ctx, settings.options, Runtime(progress=progress, checkpoint=checkpoint))
+        if full is None:  # a score method without tau measured m(full) in its gradient pass: refused after it
+            refuse_constant_metric(metric, result.metric_full, result.metric_empty)
     extras = {k: v for k, v in result.params.items() if k not in settings.params}  # e.g. ACDC's speculation batch
     result.params, result.stats = settings.params, {**result.stats, **extras}
     result.settings, result.bookkeeping = settings, dict(ctx.bookkeeping)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,16 +38,26 @@ class SearchContext:
     bookkeeping: dict[str, float] = field(default_factory=dict)  # kind -> forward passes
     _reference: tuple[float, float] | None = None
     _counting: bool = False
+    corrupt_metric: float | None = None  # mean metric of the plain run on the corrupted prompts (resample ablation)
 
     @classmethod
     def build(cls, model: nn.Module, task: Task, metric: str | None = None, ablation: Ablation | str = Ablation.RESAMPLE,
               batch_size: int = 32) -> SearchContext:
         graph = ModelGraph.from_model(model)
         ablation = Ablation(ablation)
-        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask)
-        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
         metric_fn = task.metric(metric, model=model)
-        return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation)
+        total = torch.zeros(1)  # summed as `EdgePatcher.evaluate` sums, so equal runs give equal numbers
+
+        def on_logits(logits: torch.Tensor, rows: slice) -> None:
+            total.add_(metric_fn(logits, torch.arange(rows.start, rows.stop, device=logits.device)).sum().cpu())
+
+        resample = ablation is Ablation.RESAMPLE
+        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask,
+                                  on_logits if resample else None)
+        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
+        corrupt = float(total / len(task.clean)) if resample else None
+        corrupt = corrupt if corrupt is not None and math.isfinite(corrupt) else None  # else evaluate() says why
+        return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation, corrupt_metric=corrupt)
 
     def evaluate(self, kept: torch.Tensor, **kw) -> torch.Tensor:
         """Mean metric of one [S, R] mask (a float) or of [C, S, R] candidates ([C])."""
@@ -69,11 +80,18 @@ class SearchContext:
             self._counting = False
             self.bookkeeping[kind] = self.bookkeeping.get(kind, 0.0) + self.patcher.forward_passes - before
 
-    def reference(self) -> tuple[float, float]:
-        """(m(full), m(empty)): measured once, as bookkeeping ("reference"), and reused by every step that needs them."""
+    def reference(self, full: float | None = None) -> tuple[float, float]:
+        """(m(full), m(empty)): measured once, as bookkeeping ("reference"), and reused by every step that needs them.
+
+        `full`: m(full) when the caller has measured it already (a gradient pass runs the clean model). m(empty)
+        under resample ablation is the model run on the corrupted prompts (every receiver then reads only corrupted
+        senders), whose metric the cache pass measured (`corrupt_metric`): no pass; otherwise one patched pass."""
         if self._reference is None:
             with self.counted_as("reference"):
-                self._reference = (float(self.evaluate(self.graph.full_mask())), float(self.evaluate(self.graph.empty_mask())))
+                if full is None:
+                    full = float(self.evaluate(self.graph.full_mask()))
+                empty = self.corrupt_metric if self.corrupt_metric is not None else float(self.evaluate(self.graph.empty_mask()))
+                self._reference = (full, empty)
         return self._reference
 
     @property

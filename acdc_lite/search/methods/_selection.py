@@ -2,7 +2,8 @@
 
 A circuit is chosen from the ranking by |score| in one of three ways, exactly one of which applies: the `top_n`
 edges, the edges with |score| >= `threshold`, or (when neither is given) the smallest top-k whose faithfulness
-reaches `target_faithfulness` (default 0.9). The selection's forward passes are bookkeeping ("selection").
+reaches `target_faithfulness` (default 0.9; `select.select_faithful`: a sketch on a few prompts and one confirming
+pass, not a bisection). The selection's forward passes are bookkeeping ("selection").
 """
 
 from __future__ import annotations
@@ -45,15 +46,20 @@ def select_circuit(ctx, method: str, attr, options: SelectionOptions, params: di
 
     graph = ctx.graph
     scores = attr.scores
-    metric_full, metric_empty = ctx.reference()
+    metric_full, metric_empty = ctx.reference(full=attr.metric_full)  # the gradient pass ran the clean model
     if options.level == "node":
         node_scores = scores.nan_to_num(0).sum(dim=1)  # a node's score: the sum over its outgoing edges
         scores = node_scores[:, None].expand_as(scores).masked_fill(~graph.valid, float("nan")).clone()
+    metric_circuit = None
     with ctx.counted_as("selection"):
         if options.top_n is not None:
             kept = select.top_n(graph, scores, options.top_n)
         elif options.threshold is not None:
             kept = select.threshold(graph, scores, options.threshold)
+        elif options.level == "edge":  # measures the circuit it picks (dangling edges pruned): no final evaluation
+            chosen = select.select_faithful(ctx, scores, options.target_faithfulness, metric_full=metric_full,
+                                            metric_empty=metric_empty, finalize=lambda m: prune_dangling(graph, m))
+            kept, metric_circuit = chosen.kept, chosen.metric
         else:
             kept = select.until_faithful(ctx, scores, options.target_faithfulness, metric_full=metric_full,
                                          metric_empty=metric_empty)
@@ -64,4 +70,4 @@ def select_circuit(ctx, method: str, attr, options: SelectionOptions, params: di
     return SearchResult(method=method, params={**(params or {}), "ranking": "absolute score"}, kept=kept, scores=scores,
                         trajectory=[], forward_passes=ctx.patcher.forward_passes,
                         backward_passes=ctx.patcher.backward_passes, seconds=ctx.seconds(), metric_full=metric_full,
-                        metric_empty=metric_empty, metric_circuit=ctx.final(kept))
+                        metric_empty=metric_empty, metric_circuit=ctx.final(kept) if metric_circuit is None else metric_circuit)
