@@ -63,13 +63,13 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
     """Each sender group's output on `tokens` [b, p] (padded positions hidden by `attention_mask` [b, p]):
     a list over `graph.sender_groups` of [b, p, n, d]. `on_logits(logits [b, p, vocab], rows)` sees each
     chunk's logits (a metric of the run costs no extra pass)."""
-    chunks: list[list[torch.Tensor]] = []
+    outs: list[torch.Tensor] = []  # filled chunk by chunk (no second copy from concatenating chunks)
     for start in range(0, len(tokens), batch_size):
         store: dict[int, torch.Tensor] = {}
 
         def make(i, size, store=store):
             def hook(x, hook):
-                store[i] = _group_view(x, size).clone()
+                store[i] = _group_view(x, size)
             return hook
 
         fwd = [(g.hook, make(i, g.size)) for i, g in enumerate(graph.sender_groups)]
@@ -78,8 +78,12 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
             logits = forward(model, tokens[start:start + batch_size], mask)
         if on_logits is not None:
             on_logits(logits, slice(start, start + len(logits)))
-        chunks.append([store[i] for i in range(len(graph.sender_groups))])
-    return [torch.cat(parts) for parts in zip(*chunks, strict=False)]
+        del logits
+        if not outs:
+            outs = [store[i].new_empty(len(tokens), *store[i].shape[1:]) for i in range(len(graph.sender_groups))]
+        for i, out in enumerate(outs):
+            out[start:start + batch_size] = store[i]
+    return outs
 
 
 def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.Tensor | None,
@@ -163,7 +167,8 @@ class EdgePatcher:
     """
 
     def __init__(self, model: nn.Module, graph: ModelGraph, clean_tokens: torch.Tensor,
-                 ablated: list[torch.Tensor], batch_size: int = 32, attention_mask: torch.Tensor | None = None):
+                 ablated: list[torch.Tensor], batch_size: int = 32, attention_mask: torch.Tensor | None = None,
+                 memory_mb: float = 384.0):
         if len(ablated) != len(graph.sender_groups):
             raise ValueError("ablated outputs do not match the graph's sender groups")
         for a in ablated:
@@ -175,6 +180,16 @@ class EdgePatcher:
         self.attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
         self.batch_size = batch_size
         info = model_info(model)
+        self.memory_mb = memory_mb
+        per_prompt = clean_tokens.shape[1] * 4 / 2**20  # MB per prompt per float held per token
+        # chunks of at most batch_size prompts, fewer where a chunk's activations would pass memory_mb: a patched
+        # pass holds every sender's difference and a few per-head activations per token; a gradient pass keeps
+        # the per-head q/k/v inputs of every layer, their normed copies and projections for the backward pass
+        eval_floats = graph.n_senders * info.d_model + 6 * info.n_heads * info.d_model + 2 * info.d_vocab
+        grad_floats = (graph.n_senders * info.d_model + info.n_layers * (9 * info.n_heads + 16) * info.d_model
+                       + 3 * info.d_vocab)
+        self.eval_rows = max(1, int(memory_mb / (eval_floats * per_prompt)))  # per candidate mask
+        self.grad_rows = max(1, min(batch_size, int(memory_mb / (grad_floats * per_prompt))))
         if graph.kv_group != info.n_heads // info.n_kv_heads:
             raise ValueError(f"the graph has {graph.n_kv_heads} k/v heads but the model {info.n_kv_heads}; "
                              "build it with ModelGraph.from_model")
@@ -187,7 +202,7 @@ class EdgePatcher:
         """The same patcher on examples `rows` [m] only (its pass counters start at zero, in its own units)."""
         mask = None if self.attention_mask is None else self.attention_mask[rows]
         ablated = [a if a.shape[0] == 1 else a[rows] for a in self.ablated]
-        return EdgePatcher(self.model, self.graph, self.tokens[rows], ablated, self.batch_size, mask)
+        return EdgePatcher(self.model, self.graph, self.tokens[rows], ablated, self.batch_size, mask, self.memory_mb)
 
     # ---- masks ----------------------------------------------------------------------------
     def removed_weights(self, kept: torch.Tensor) -> torch.Tensor:
@@ -341,9 +356,11 @@ class EdgePatcher:
         self.forward_passes += c * done * len(tokens) / len(self.tokens)
         return logits
 
-    def _chunks(self):
+    def _chunks(self, rows: int | None = None, candidates: int = 1):
+        """Slices of examples: `rows` per chunk (default: as many as a patched pass of `candidates` masks fits)."""
         n = len(self.tokens)
-        return [slice(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
+        rows = rows or max(1, min(self.batch_size, self.eval_rows // candidates))
+        return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
 
     def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False) -> _Pass:
         return _Pass(removed=removed, n_candidates=removed.shape[0],
@@ -370,7 +387,7 @@ class EdgePatcher:
             start_layer = 0
         c = removed.shape[0]
         total = torch.zeros(c)
-        for idx in self._chunks():
+        for idx in self._chunks(candidates=c if start_layer == 0 else 1):
             logits = self._run(self._new_pass(removed), idx, start_layer, prefix)
             values = self._metric(metric, logits, idx, c)
             total += values.sum(dim=1).cpu()
@@ -413,7 +430,7 @@ class EdgePatcher:
             raise ValueError(f"ig_steps must be at least 1, got {ig_steps}")
         grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
         total = 0.0
-        for idx in self._chunks():
+        for idx in self._chunks(self.grad_rows):
             summed: dict[int, torch.Tensor] = {}
             for step in range(1, ig_steps + 1):
                 st = self._new_pass(removed, collect=True)
