@@ -63,7 +63,7 @@ def measure(method: str, n_prompts: int, model_dir: str) -> dict:
     result = search(model, task, method, progress=False, seed=0)
     seconds = time.perf_counter() - started
     forward = plain_forward_seconds(model, task.clean, batch_size=32, repeats=1)
-    selection = result.stats["selection_forward_passes"]
+    selection = result.bookkeeping.get("selection", 0.0)
     return {"method": method, "prompts": n_prompts, "tokens": SEQ, "graph_edges": int((~result.scores.isnan()).sum()),
             "edges": result.n_edges, "faithfulness": round(result.faithfulness, 3),
             "forward_passes": round(result.forward_passes, 2), "backward_passes": round(result.backward_passes, 2),
@@ -95,8 +95,9 @@ def main(argv=None) -> None:
     write_table(rows, args.out, "attribution", "Benchmark: eap and eap-ig at GPT-2-small shape, selection included",
                 ["Written by `python benchmarks/bench_attribution.py` (see its docstring for the setup): one subprocess "
                  "per row, peak_rss_mb = ru_maxrss including loading the model (loading_peak_mb).",
-                 "forward_equivalents = forward_passes + 2 x backward_passes; selection_forward_passes is the part of "
-                 "forward_passes spent choosing the circuit (sketch, confirmation and the circuit's measurement)."])
+                 "forward_equivalents = forward_passes + 2 x backward_passes (all passes: scoring, reference values, "
+                 "selection); selection_forward_passes is the part spent choosing and measuring the circuit (the "
+                 "sketch and the confirming evaluation: cost.bookkeeping.selection)."])
 
 
 if __name__ == "__main__":
