@@ -97,13 +97,24 @@ def _guard(fn):
 
 def _with_method_options(command):
     """Give `command` one --option per method option in the registry (`acdc_lite.search.methods`), with the
-    registry's type and help; the command receives the given ones (not None) as `method_options`."""
-    from acdc_lite.search.methods import all_options
+    registry's type and help, and --method the registry's names; the command receives the given method options
+    (not None) as `method_options`."""
+    import copy
+
+    from acdc_lite.search.methods import METHODS, all_options
 
     sig = inspect.signature(command)
     hints = typing.get_type_hints(command)
-    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
-              if p.name != "method_options"]
+    params = []
+    for p in sig.parameters.values():
+        if p.name == "method_options":
+            continue
+        if p.name in ("method", "resume"):  # their help names the registered methods
+            info = copy.copy(p.default)
+            info.help = (" | ".join(METHODS) + " (default hybrid)" if p.name == "method" else
+                         ", ".join(n for n, spec in METHODS.items() if spec.checkpointable) + ": " + info.help)
+            p = p.replace(default=info)
+        params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
     names = []
     for name, entry in all_options().items():
         annotation = _cli_type(entry["type"])
@@ -111,8 +122,7 @@ def _with_method_options(command):
         decl = (f"{flag}/--no-{name.replace('_', '-')}",) if annotation is bool else (flag,)
         default = typer.Option(None, *decl, help=f"{entry['help']} [{', '.join(entry['methods'])}]",
                                rich_help_panel="Method options")
-        params.insert(3 + len(names), inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                                        annotation=annotation | None))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation | None))
         names.append(name)
 
     @functools.wraps(command)
@@ -138,7 +148,7 @@ def _cli_type(hint) -> type:
 def discover(
     model: str | None = typer.Option(None, "--model", "-m", help="Zoo name, local model directory, or hub name."),
     task: str | None = typer.Option(None, "--task", "-t", help="Built-in task name, or a .jsonl / .csv task file."),
-    method: str | None = typer.Option(None, help="acdc | head-pruning | hisp | eap | eap-ig | exact | hybrid"),
+    method: str | None = typer.Option(None, help="(the registered methods)"),
     metric: str | None = typer.Option(None, help="logit_diff | prob_diff | logprob | kl | seq_logprob | seq_logit_diff "
                                                       "| a registered name | module:function"),
     ablation: str | None = typer.Option(None, help="resample | zero | mean | mean-positional"),
@@ -159,8 +169,7 @@ def discover(
     out: Path = typer.Option(Path("runs/discover"), "--out", "-o", help="Output directory."),
     config: Path | None = typer.Option(None, "--config", help="JSON file with any of these options (method options "
                                        "at the top level or in an \"options\" object)."),
-    resume: bool = typer.Option(False, "--resume", help="acdc, hybrid, exact, head-pruning: continue an interrupted "
-                                "run from OUT/checkpoint.json."),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from OUT/checkpoint.json."),
     force: bool = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in OUT."),
     checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", min=0,
                                            help="Seconds between checkpoints (also saved on Ctrl-C and SIGTERM)."),
