@@ -705,6 +705,10 @@ def sae_train(
     holdout: float = typer.Option(0.3, "--holdout", help="Share of examples held out for every reported number."),
     n_examples: int = typer.Option(3000, "--n-examples", help="Task examples (training and held out)."),
     seed: int = typer.Option(0, help="Task sampling, split, initialisation and batch seed."),
+    tokens: Path | None = typer.Option(None, "--tokens", help="Train on this text file (tokenised by the model's tokenizer) "
+                                       "instead of the task's prompts; the task's held-out prompts still measure it."),
+    window: int | None = typer.Option(None, "--window", help="With --tokens: tokens per window (default: the task's "
+                                      "prompt length)."),
     edge: str | None = typer.Option(None, "--edge", "-e", help="A circuit edge leaving the site's node, e.g. a1.h0->logits: "
                                     "find the feature for --variable and its share of the edge's effect."),
     variable: str | None = typer.Option(None, "--variable", help="With --edge: answer (default) | carry | foil."),
@@ -732,7 +736,7 @@ def sae_train(
                         lr=lr, holdout=holdout, seed=seed)
         report = train_sae_into(out, cfg, model=model, task=task, n_examples=n_examples, edge=edge,
                                 variable=variable or "answer", value=value, force=force, resume=resume,
-                                checkpoint_interval=checkpoint_every, progress=not quiet)
+                                checkpoint_interval=checkpoint_every, progress=not quiet, tokens=tokens, window=window)
         r = report["reconstruction"]
         typer.echo(f"{report['site']} of {report['model']}: FVU {r['fvu']:.4f}, L0 {r['l0']:.2f}, dead {r['dead']}/{r['n_latents']}, "
                    f"{r['metric']} {r['metric_model']:.4f} -> {r['metric_spliced']:.4f} spliced ({r['metric_change']:.1%})")

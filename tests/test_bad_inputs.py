@@ -113,6 +113,17 @@ def D(base, d, *extra):
     return ["discover", "--model", base / "model", "--task", base / "task.jsonl", "--quiet", "--out", d / "out", *extra]
 
 
+def S(base, d, *extra):
+    """sae train on the test model and task, writing to d/out."""
+    return ["sae", "train", "--model", base / "model", "--task", base / "task.jsonl", "--steps", "2", "--quiet", "--out",
+            d / "out", *extra]
+
+
+def P(base, d, *extra):
+    """probe on the test model and task, writing to d/out."""
+    return ["probe", "--model", base / "model", "--task", base / "task.jsonl", "--out", d / "out", *extra]
+
+
 def C(base, d, **fields):
     """discover with a config file holding `fields`."""
     return D(base, d, "--config", _write(d / "in" / "config.json", fields))
@@ -234,6 +245,36 @@ CASES = [
          if _lock(d / "out", os.getpid()) is None else None, 2, "in use by process"),
     Case("garbage-lock", "run folder", "`run.lock` that is not a lock", lambda b, d: D(b, d, "--method", "eap")
          if _write(d / "out" / "run.lock", "x") else None, 2, "not a lock this version wrote"),
+    # -- dictionaries, probes, past runs
+    Case("sae-site-unknown", "sae train, probe, runs", "`sae train --site a9.h0`", lambda b, d: S(b, d, "--site", "a9.h0"), 2,
+         "not a component of this"),
+    Case("sae-k-too-big", "sae train, probe, runs", "`sae train --k 500 --n-latents 96`", lambda b, d: S(b, d, "--k", "500"), 2,
+         "cannot exceed"),
+    Case("sae-transcoder-head", "sae train, probe, runs", "`sae train --transcoder --site a0.h0`",
+         lambda b, d: S(b, d, "--transcoder", "--site", "a0.h0"), 2, "give an MLP site"),
+    Case("sae-window-alone", "sae train, probe, runs", "`sae train --window 4` without `--tokens`",
+         lambda b, d: S(b, d, "--window", "4"), 2, "--window only applies with --tokens"),
+    Case("sae-edge-elsewhere", "sae train, probe, runs", "`sae train --site a0.h0 --edge 'a1.h0->logits'`",
+         lambda b, d: S(b, d, "--site", "a0.h0", "--edge", "a1.h0->logits"), 2, "leaves a1.h0"),
+    Case("sae-value-no-edge", "sae train, probe, runs", "`sae train --value 3` without `--edge`",
+         lambda b, d: S(b, d, "--value", "3"), 2, "only apply with --edge"),
+    Case("sae-checkpoint-garbage", "sae train, probe, runs", "`sae train --resume` on a damaged training checkpoint",
+         lambda b, d: S(b, d, "--resume") if _write(d / "out" / "checkpoint.safetensors", b"not a checkpoint") else None, 1,
+         "cannot be read"),
+    Case("sae-tokens-missing", "sae train, probe, runs", "`sae train --tokens` a file that does not exist",
+         lambda b, d: S(b, d, "--tokens", d / "in" / "nope.txt"), 1, "nope.txt"),
+    Case("sae-tokens-no-tokenizer", "sae train, probe, runs", "`sae train --tokens` on a model with no tokenizer",
+         lambda b, d: S(b, d, "--tokens", _write(d / "in" / "t.txt", "a b c d e f g")), 2, "no tokenizer"),
+    Case("probe-variable-unknown", "sae train, probe, runs", "`probe --variable colour`",
+         lambda b, d: P(b, d, "--variable", "colour"), 2, "unknown --variable"),
+    Case("probe-carry-elsewhere", "sae train, probe, runs", "`probe --variable carry` on a task without operands",
+         lambda b, d: P(b, d, "--variable", "carry"), 2, "carry needs the operands"),
+    Case("probe-no-heads-sites", "sae train, probe, runs", "`probe --site 'resid 0' --no-heads`",
+         lambda b, d: P(b, d, "--site", "resid 0", "--no-heads"), 2, "--no-heads only applies"),
+    Case("runs-missing", "sae train, probe, runs", "`runs` a folder that does not exist", lambda b, d: ["runs", d / "nope"], 1,
+         "not a folder or a run record"),
+    Case("runs-sort-unknown", "sae train, probe, runs", "`runs --sort colour`", lambda b, d: ["runs", d, "--sort", "colour"], 2,
+         "unknown --sort column"),
 ]
 
 

@@ -162,7 +162,7 @@ def test_sae_train_command(tmp_path):
                             (["--k", "500"], 2, "cannot exceed"), (["--edge", "a1.h1->logits"], 2, "leaves a1.h1"),
                             (["--transcoder"], 2, "give an MLP site"), (["--holdout", "1.5"], 2, "out of range"),
                             (["--model", "addition-llama-2l", "--site", "m0", "--edge", "m0->logits", "--variable", "foil",
-                              "--value", "99"], 2, "foil = 99")):
+                              "--value", "99"], 2, "no value of variable foil")):
         target = tmp_path / f"bad-{'-'.join(bad).replace('>', '').replace('.', '')}"
         r = runner.invoke(app, ["sae", "train", "--steps", "5", "--n-examples", "50", "--out", str(target), "-q", *bad])
         assert r.exit_code == code and text in r.output, r.output
@@ -207,3 +207,43 @@ def test_interrupted_training_resumes_to_the_same_dictionary(tmp_path, monkeypat
     record = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert [p["outcome"] for p in record["parts"]] == ["interrupted", "finished"]
     assert not (tmp_path / "cut" / "checkpoint.safetensors").exists()
+
+
+def test_training_on_a_token_stream(tmp_path):
+    """A text file in the model's own vocabulary, cut into windows (BOS first), trains the dictionary; the task's
+    held-out prompts still measure it."""
+    import random
+
+    from acdc_lite.features.sae import token_stream
+
+    model = load_model("addition-llama-2l")
+    rng = random.Random(0)
+    lines = []
+    for _ in range(300):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        lines.append(f"What is {a} + {b}? Answer: {a + b}")
+    text = tmp_path / "stream.txt"
+    text.write_text("\n".join(lines))
+    stream = token_stream(model, text, window=16)
+    vocab_bos = model.tokenizer.bos_token_id
+    assert stream.shape[1] == 16 and (stream[:, 0] == vocab_bos).all() and len(stream) > 100
+    ids = model.tokenizer.encode(text.read_text(), add_special_tokens=False)
+    assert len(stream) == len(ids) // 15 and stream[:, 1:].flatten().tolist() == ids[:len(stream) * 15]
+    task = load_task("addition", model, n_examples=120, seed=0)
+    trained = train_dictionary(model, task, SAEConfig(site="m0", n_latents=128, k=8, steps=150, batch_size=256),
+                               progress=False, stream=stream)
+    assert trained.report.n_train_vectors == stream.numel()
+    assert trained.dictionary.info["training_data"] == {"source": "token stream", "windows": len(stream), "window": 16}
+    assert trained.report.fvu < 0.5
+    (tmp_path / "short.txt").write_text("What is")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00")
+    out = tmp_path / "o"
+    for args, code, text_ in ((["--tokens", str(tmp_path / "short.txt")], 1, "fewer than one window"),
+                              (["--window", "8"], 2, "--window only applies with --tokens"),
+                              (["--tokens", str(text), "--window", "99"], 2, "--window 99"),
+                              (["--tokens", str(tmp_path / "missing.txt")], 1, "missing.txt"),
+                              (["--tokens", str(tmp_path / "bad.txt")], 1, "bad.txt")):
+        r = runner.invoke(app, ["sae", "train", "--model", "addition-llama-2l", "--site", "m0", "--steps", "5",
+                                "--n-examples", "50", "--out", str(out), "-q", *args])
+        assert r.exit_code == code and text_ in r.output, (args, r.output)
+        assert not out.exists()

@@ -29,7 +29,7 @@ from acdc_lite.boundary import UsageError
 from acdc_lite.graph import Edge, NodeKind
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
-from acdc_lite.task import Task
+from acdc_lite.task import Task, TaskError, Vocabulary
 
 from .sae import Dictionary
 from .sites import collect
@@ -188,7 +188,10 @@ def feature_study(model: nn.Module, task: Task, dictionary: Dictionary, edge: Ed
         carried = {v: edge_feature_effects(model, task, dictionary, e, [], train_idx[y[train_idx] == v], metric).edge_effect
                    for v in eligible}
         value = max(eligible, key=lambda v: (carried[v], -v))
-    if value is None or value not in eligible:
+    if not eligible:
+        raise UsageError(f"no value of variable {variable} has {min_examples} training and {min_examples} held-out examples "
+                         "(use more --n-examples)")
+    if value not in eligible:
         raise UsageError(f"variable {variable} = {value}: {counts_train.get(value, 0)} training and {counts_held.get(value, 0)} "
                          f"held-out examples; at least {min_examples} of each are needed (use more --n-examples)")
 
@@ -214,13 +217,19 @@ def feature_study(model: nn.Module, task: Task, dictionary: Dictionary, edge: Ed
 
 def top_examples(model: nn.Module, task: Task, dictionary: Dictionary, feature: int, k: int = 5) -> list[dict]:
     """The k highest activations of `feature` over every real position of the clean prompts: example, position,
-    token id, the four tokens before it, activation."""
+    token, the four tokens before it (as text where the model has a vocabulary), activation, and the example's answer
+    when the position is its answer position."""
     acts = dictionary.encode(collect(model, task.clean, task.attention_mask, dictionary.site))[..., feature]
     acts = acts.masked_fill(~task.attention_mask, float("-inf"))
     values, flat = acts.flatten().topk(min(k, int(task.attention_mask.sum())))
+    try:
+        decode = Vocabulary.of(model).decode
+    except TaskError:
+        decode = lambda ids: [str(i) for i in ids]  # noqa: E731 - a model with no vocabulary: show ids
     rows = []
     for v, i in zip(values.tolist(), flat.tolist(), strict=True):
         ex, pos = divmod(i, task.clean.shape[1])
-        rows.append({"example": ex, "position": pos, "token": int(task.clean[ex, pos]),
-                     "before": task.clean[ex, max(0, pos - 4):pos].tolist(), "activation": round(v, 4)})
+        rows.append({"example": ex, "position": pos, "token": decode([int(task.clean[ex, pos])])[0],
+                     "before": decode(task.clean[ex, max(0, pos - 4):pos].tolist()), "activation": round(v, 4),
+                     "answer": decode([int(task.answers[ex, 0])])[0] if pos == int(task.answer_pos[ex]) else ""})
     return rows

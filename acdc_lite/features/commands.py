@@ -52,35 +52,41 @@ def _claim(out: Path, outputs: tuple[str, ...], force: bool, resume: bool = Fals
 
 def train_sae_into(out: str | Path, config, *, model: str | None = None, task: str | None = None, n_examples: int = 3000,
                    edge: str | None = None, variable: str = "answer", value: int | None = None, force: bool = False,
-                   resume: bool = False, checkpoint_interval: float = DEFAULT_INTERVAL, progress: bool = True) -> dict:
+                   resume: bool = False, checkpoint_interval: float = DEFAULT_INTERVAL, progress: bool = True,
+                   tokens: str | Path | None = None, window: int | None = None) -> dict:
     """Train a dictionary (`acdc_lite.features.sae.SAEConfig`) and, with `edge`, tie a feature to `variable`
     through it (`acdc_lite.features.attribution.feature_study`); write the dictionary, report.json, report.md
     and run.json into `out`. Training is checkpointed to OUT/checkpoint.safetensors every `checkpoint_interval`
-    seconds and on Ctrl-C/SIGTERM; `resume` continues it. Returns the report."""
+    seconds and on Ctrl-C/SIGTERM; `resume` continues it. With `tokens` (a text file) the dictionary is trained on
+    that token stream cut into windows of `window` tokens (default: the task's prompt length). Returns the report."""
     from .attribution import feature_study, top_examples
-    from .sae import train_dictionary
+    from .sae import token_stream, train_dictionary
     from .variables import VARIABLES
 
     out = _claim(Path(out), SAE_OUTPUTS, force, resume)
     if variable not in VARIABLES:
         raise UsageError(f"unknown --variable {variable!r}; choose one of {', '.join(sorted(VARIABLES))}")
+    if window is not None and tokens is None:
+        raise UsageError("--window only applies with --tokens (a token stream to train on)")
     settings = {"model": model, "task": task, "n_examples": n_examples, "edge": edge, "variable": variable,
-                "value": value, **asdict(config)}
+                "value": value, "tokens": str(tokens) if tokens is not None else None, "window": window, **asdict(config)}
     with RunLock(out, settings, command="sae train"), interruptible():
         if force and not resume:
             for name in (*SAE_OUTPUTS, RECORD, TRAIN_CHECKPOINT):
                 (out / name).unlink(missing_ok=True)
         record = RunRecord(out, "sae train", settings).start(resume=resume)
         hooked, t = model_and_task(model, task, n_examples, config.seed)
+        stream = token_stream(hooked, tokens, window or t.seq_len) if tokens is not None else None
         try:
             trained = train_dictionary(hooked, t, config, progress=progress, checkpoint=out / TRAIN_CHECKPOINT,
-                                       resume=resume, checkpoint_interval=checkpoint_interval)
+                                       resume=resume, checkpoint_interval=checkpoint_interval, stream=stream)
         except KeyboardInterrupt:
             if (out / TRAIN_CHECKPOINT).is_file():
                 record.finish("interrupted")
             raise
         report = {"model": trained.dictionary.info["model"], "task": t.name, "site": trained.dictionary.site.name,
-                  "config": asdict(config), "reconstruction": trained.report.to_dict()}
+                  "config": asdict(config), "training_data": trained.dictionary.info["training_data"],
+                  "reconstruction": trained.report.to_dict()}
         if edge is not None:
             study = feature_study(hooked, t, trained.dictionary, edge, trained.train_idx, trained.heldout_idx,
                                   variable=variable, value=value, seed=config.seed)
@@ -111,7 +117,9 @@ def sae_markdown(report: dict) -> str:
              f"| {r['fvu']:.4f} | {r['l0']:.2f} | {r['dead']} | {r['n_latents']} | {r['metric_model']:.4f} | "
              f"{r['metric_spliced']:.4f} | {r['metric_change']:.2%} | {r['ce_model']:.4f} | {r['ce_spliced']:.4f} |", "",
              f"Measured on {r['n_heldout_examples']} held-out examples (trained on {r['n_train_vectors']} activations of "
-             f"{r['n_train_examples']} other examples' clean and corrupted prompts); metric: {r['metric']}."]
+             + (f"{r['n_train_examples']} other examples' clean and corrupted prompts" if report["training_data"]["source"]
+                == "task prompts" else f"a token stream: {report['training_data']['windows']} windows of "
+                f"{report['training_data']['window']} tokens") + f"); metric: {r['metric']}."]
     f = report.get("feature")
     if f:
         h = f["headline"]
@@ -130,6 +138,11 @@ def sae_markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {v['value']} | {v['feature']} | {v['train_auroc']:.3f} | {v['heldout_auroc']:.3f} | {v['edge_effect']:.4f} | "
                   f"{v['feature_effect']:.4f} | {v['share']:.3f} |" for v in f["values"]]
+        if f.get("top_examples"):
+            lines += ["", f"Top activations of feature {h['feature']} on held-out prompts:", "",
+                      "| example | position | token | four tokens before | activation | answer there |", "|---|---|---|---|---|---|"]
+            lines += [f"| {e['example']} | {e['position']} | {e['token']} | {' '.join(e['before'])} | {e['activation']:.3f} | "
+                      f"{e['answer']} |" for e in f["top_examples"]]
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,9 @@ The dictionary is eai-sparsify's `SparseCoder` (TopK activation; `pip install 'a
 prompts; the loop here feeds it activations we collect: Adam on the fraction of variance unexplained (FVU),
 decoder rows kept at unit norm, decoder bias started at the data mean, batches drawn by a seeded generator.
 
-Examples are split once (`split_examples`): training reads only the training examples' activations (clean and
-corrupted prompts, every real position); every reported number is measured on the held-out examples' clean
+Examples are split once (`split_examples`). Training reads the training examples' activations (clean and
+corrupted prompts, every real position), or those of a token stream (`token_stream`: a text file tokenised by
+the model's own tokenizer, cut into windows). Every reported number is measured on the held-out examples' clean
 prompts: FVU, L0 (mean active latents per position), dead latents (never active on the training activations),
 the task metric and the next-token cross-entropy of the model and of the model with the dictionary spliced in.
 """
@@ -46,8 +47,15 @@ CHECKPOINT_FORMAT = "acdc-lite dictionary training checkpoint 1"
 
 
 def _sparsify():
+    """eai-sparsify, imported with its import-time print ("Triton not installed, ...") sent to the log instead."""
+    import io
+
+    said = io.StringIO()
     try:
-        import sparsify
+        with contextlib.redirect_stdout(said):
+            import sparsify
+        if said.getvalue().strip():
+            log.info("eai-sparsify: %s", said.getvalue().strip())
     except ImportError as e:
         raise ImportError(f"dictionaries need eai-sparsify ({e}); install it with pip install 'acdc-lite[features]'") from None
     return sparsify
@@ -199,21 +207,58 @@ def _vectors(model, task: Task, site: Site, idx: torch.Tensor, target: bool = Fa
     return torch.cat(out)
 
 
+def token_stream(model: nn.Module, path: str | Path, window: int) -> torch.Tensor:
+    """[M, window] token ids: the text file at `path` tokenised with the model's tokenizer (or word vocabulary), cut
+    into consecutive windows that each start with BOS when the vocabulary has one; a shorter tail is dropped."""
+    from acdc_lite.boundary import InputError, read_text
+    from acdc_lite.task import TaskError, Vocabulary
+
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if window < 2 or (n_ctx is not None and window > n_ctx):
+        raise UsageError(f"--window {window}: give 2 to {n_ctx or 'the model context'} tokens")
+    text = read_text(path, "token stream")
+    try:
+        vocab = Vocabulary.of(model)
+    except TaskError:
+        raise UsageError(f"--tokens {path}: this model has no tokenizer or word vocabulary to read text with; train on "
+                         "the task's prompts (without --tokens)") from None
+    try:
+        ids = vocab.encode(text)
+    except TaskError as e:
+        raise InputError(f"token stream {path}: {e}") from None
+    bos = vocab.bos
+    body = window - (bos is not None)
+    n = len(ids) // body
+    if n == 0:
+        raise InputError(f"token stream {path}: {len(ids)} tokens, fewer than one window of {body}; give more text or a "
+                         "smaller --window")
+    rows = torch.tensor(ids[:n * body], dtype=torch.long).view(n, body)
+    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], 1) if bos is not None else rows
+
+
 def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: bool = True,
                      checkpoint: str | Path | None = None, resume: bool = False,
-                     checkpoint_interval: float = DEFAULT_INTERVAL) -> TrainedDictionary:
-    """Train a dictionary on `config.site` of `model` from `task`'s training examples and report it on the
-    held-out ones (see the module docstring). With `checkpoint` (a file), the training state is saved there every
-    `checkpoint_interval` seconds and on Ctrl-C/SIGTERM; `resume` continues from it (refusing other settings) to
-    the same weights as an uninterrupted run (same thread count)."""
+                     checkpoint_interval: float = DEFAULT_INTERVAL, stream: torch.Tensor | None = None) -> TrainedDictionary:
+    """Train a dictionary on `config.site` of `model` from `task`'s training examples (or from `stream`, [M, P]
+    token ids, e.g. `token_stream`) and report it on the held-out examples (see the module docstring). With
+    `checkpoint` (a file) the training state is saved there every `checkpoint_interval` seconds and on
+    Ctrl-C/SIGTERM; `resume` continues from it (refusing other settings) to the weights of an uninterrupted run
+    (same thread count)."""
     from tqdm.auto import tqdm
 
     sp = _sparsify()
     start = time.perf_counter()
     site = parse_site(config.site, model, config.transcoder)
     train_idx, held_idx = split_examples(task, config.holdout, config.seed)
-    x = _vectors(model, task, site, train_idx)
-    y = _vectors(model, task, site, train_idx, target=True) if site.transcoder else None
+    if stream is None:
+        x = _vectors(model, task, site, train_idx)
+        y = _vectors(model, task, site, train_idx, target=True) if site.transcoder else None
+        data = {"source": "task prompts", "examples": len(train_idx)}
+    else:
+        full = torch.ones_like(stream, dtype=torch.bool)
+        x = collect(model, stream, full, site).flatten(0, 1)
+        y = collect(model, stream, full, site, target=True).flatten(0, 1) if site.transcoder else None
+        data = {"source": "token stream", "windows": len(stream), "window": stream.shape[1]}
     torch.manual_seed(config.seed)
     coder = sp.SparseCoder(x.shape[-1], sp.SparseCoderConfig(num_latents=config.n_latents, k=config.k,
                                                              transcode=site.transcoder))
@@ -221,8 +266,9 @@ def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: 
         coder.b_dec.data = x.mean(0)
     opt = torch.optim.Adam(coder.parameters(), lr=config.lr)
     g = torch.Generator().manual_seed(config.seed)
+    stream_hash = hashlib.sha256(stream.numpy().tobytes()).hexdigest() if stream is not None else None
     state = _TrainState(coder, opt, g, canonical_hash({"config": asdict(config), "model": fingerprint(model),
-                                                       "task": task_hash(task)}))
+                                                       "task": task_hash(task), "stream": stream_hash}))
     first = state.load(Path(checkpoint)) if resume and checkpoint is not None else 0
     last_save = time.monotonic()
     bar = tqdm(range(first, config.steps), desc=f"dictionary on {site.name}", disable=not progress, mininterval=1.0,
@@ -245,7 +291,7 @@ def train_dictionary(model: nn.Module, task: Task, config: SAEConfig, progress: 
                 raise (Terminated if signum == signal.SIGTERM else KeyboardInterrupt)(f"signal {signum} at step {step + 1}")
     coder.eval()
     info = {"model": model_info(model).name, "model_fingerprint": fingerprint(model), "task": task.name,
-            "config": asdict(config)}
+            "config": asdict(config), "training_data": data}
     dictionary = Dictionary(site, coder, info)
     with torch.no_grad():
         usage = torch.zeros(config.n_latents, dtype=torch.bool)
