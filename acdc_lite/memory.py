@@ -58,9 +58,11 @@ SAVED_PER_LAYER = {
     "bridge": {"bphd": 9.0, "bpd": 10.5, "bpf": 5.0, "bhpp": 2.0},  # TransformerBridge (GPT-2: 6 bphd, Llama: 9)
     "small": {"bphd": 4.0, "bpd": 8.0, "bpf": 3.0, "bhpp": 2.0},  # SmallTransformer
 }
-GRADIENT_METHODS = ("eap", "eap-ig", "hybrid", "hisp")
-CANDIDATES = {"acdc": 8, "hybrid": 8, "exact": 16, "head-pruning": 16}  # masks evaluated per pass (speculative batches)
-PREFIXED = ("acdc", "hybrid", "exact")  # keep every chunk's sender differences and residuals (suffix passes)
+# How the methods evaluate masks (facts of their implementations, not options): candidate masks per patched pass
+# (ACDC's speculative batches, exact's and head pruning's batches), and which keep a recorded prefix (every chunk's
+# sender differences and residuals, for suffix passes). Whether a method takes gradients comes from its MethodSpec.
+CANDIDATES = {"acdc": 8, "hybrid": 8, "exact": 16, "head-pruning": 16}
+PREFIXED = ("acdc", "hybrid", "exact")
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
                                 "logits": 3 * c * logits, "corrections": 2 * c * 3 * bphd * f,
                                 "one layer's activations": c * layer_forward,
                                 "offloaded layer being read": offloaded // max(1, s.n_layers)}
-    if method in GRADIENT_METHODS:
+    if _takes_gradients(method):
         k = SAVED_PER_LAYER[s.family]
         saved = s.n_layers * (k["bphd"] * bphd + k["bpd"] * bpd + k["bpf"] * bpf + k["bhpp"] * bhpp) * f
         receiver_grads = (s.n_layers * 3 * bphd + (s.n_layers + 1) * bpd) * f
@@ -203,6 +205,12 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
         phases["gradients"] = {"ablated outputs": cache, "sender differences": deltas,
                                "receiver gradients": 2 * receiver_grads + held}
     return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})
+
+
+def _takes_gradients(method: str) -> bool:
+    from acdc_lite.search.methods import get
+
+    return get(method).gradient
 
 
 def fit(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, limit: int, *, ig_steps: int = 5,
