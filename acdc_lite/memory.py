@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from acdc_lite.boundary import UsageError
+from acdc_lite.patching import DEFAULT_MEMORY_MB, chunk_rows
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
          "tib": 2**40}
@@ -162,13 +163,15 @@ def format_size(n: float) -> str:
 
 
 def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, *, ig_steps: int = 5,
-             ablation: str = "resample", baseline: int = 0, offloaded: int = 0) -> MemoryPlan:
-    """The peak memory of `method` on `n_examples` prompts of `seq_len` tokens, evaluated `batch_size` at a time.
+             ablation: str = "resample", baseline: int = 0, offloaded: int = 0,
+             memory_mb: float = DEFAULT_MEMORY_MB) -> MemoryPlan:
+    """The peak memory of `method` on `n_examples` prompts of `seq_len` tokens, evaluated at most `batch_size` at a time.
 
-    Phases (the peak is the largest): building the ablated cache (every sender's corrupted output: [N, pos, S, d]
-    for resample ablation, built chunk by chunk and then concatenated, so twice that at once); patched forward passes
-    (a chunk's sender differences [C, S, b*pos, d] for C candidate masks, the logits, the per-layer corrections); and
-    for gradient methods one forward with every layer's saved activations (SAVED_PER_LAYER) plus the gradients at
+    Chunks are the patcher's own (`acdc_lite.patching.chunk_rows` with its `memory_mb` budget): a patched pass of C
+    candidate masks runs eval_rows // C prompts, a gradient pass grad_rows. Phases (the peak is the largest): building
+    the ablated cache (every sender's corrupted output, [N, pos, S, d] for resample ablation, filled in place);
+    patched forward passes (a chunk's sender differences [C, S, rows*pos, d], the logits, the per-layer corrections);
+    and for gradient methods one forward with every layer's saved activations (SAVED_PER_LAYER) plus the gradients at
     every receiver input (kept across EAP-IG's steps). `offloaded`: bytes of weights accelerate keeps on disk; a
     forward pass reads one layer's worth at a time, but a gradient pass keeps every weight it read until the backward
     pass (autograd saves them), so all of them are resident then.
@@ -176,33 +179,42 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
     s = shape
     n, p, b = n_examples, seq_len, min(batch_size, n_examples)
     f = FLOAT
+    eval_rows, grad_rows = chunk_rows(s.n_senders, s.d_model, s.n_heads, s.n_layers, s.d_vocab, p, b, memory_mb)
     if ablation == "resample":
         cache = n * p * s.n_senders * s.d_model * f
     elif ablation == "mean-positional":
         cache = p * s.n_senders * s.d_model * f
     else:
         cache = s.n_senders * s.d_model * f
-    deltas = s.n_senders * b * p * s.d_model * f  # one chunk, one candidate
-    logits = b * p * s.d_vocab * f
-    bphd, bpd, bpf, bhpp = b * p * s.n_heads * s.d_model, b * p * s.d_model, b * p * s.d_mlp, b * s.n_heads * p * p
-    layer_forward = (2 * bphd + 2 * bpd + bpf + 2 * bhpp) * f  # one layer's transient tensors in a no-grad pass
-    phases = {"ablated cache": {"ablated outputs": 2 * cache if ablation == "resample" else cache,
-                                "one layer's activations": layer_forward, "logits": 2 * logits}}
+
+    def chunk(rows: int) -> dict[str, int]:
+        """Tensor sizes (elements) of one chunk of `rows` prompts."""
+        return {"bphd": rows * p * s.n_heads * s.d_model, "bpd": rows * p * s.d_model, "bpf": rows * p * s.d_mlp,
+                "bhpp": rows * s.n_heads * p * p, "logits": rows * p * s.d_vocab, "deltas": s.n_senders * rows * p * s.d_model}
+
+    def layer_forward(t: dict[str, int]) -> int:  # one layer's transient tensors in a no-grad pass
+        return (2 * t["bphd"] + 2 * t["bpd"] + t["bpf"] + 2 * t["bhpp"]) * f
+
+    whole = chunk(b)  # the ablated cache is built batch_size prompts at a time
+    phases = {"ablated cache": {"ablated outputs": cache, "one layer's activations": layer_forward(whole),
+                                "logits": 2 * whole["logits"] * f}}
     c = CANDIDATES.get(method, 1)
+    t = chunk(max(1, min(b, eval_rows // c)))
     prefix = n * p * (s.n_senders + s.n_layers) * s.d_model * f if method in PREFIXED else 0
-    phases["patched passes"] = {"ablated outputs": cache, "prefix": prefix, "sender differences": c * deltas,
-                                "logits": 3 * c * logits, "corrections": 2 * c * 3 * bphd * f,
-                                "one layer's activations": c * layer_forward,
+    phases["patched passes"] = {"ablated outputs": cache, "prefix": prefix, "sender differences": c * t["deltas"] * f,
+                                "logits": 3 * c * t["logits"] * f, "corrections": 2 * c * 3 * t["bphd"] * f,
+                                "one layer's activations": c * layer_forward(t),
                                 "offloaded layer being read": offloaded // max(1, s.n_layers)}
     if _takes_gradients(method):
+        g = chunk(grad_rows)
         k = SAVED_PER_LAYER[s.family]
-        saved = s.n_layers * (k["bphd"] * bphd + k["bpd"] * bpd + k["bpf"] * bpf + k["bhpp"] * bhpp) * f
-        receiver_grads = (s.n_layers * 3 * bphd + (s.n_layers + 1) * bpd) * f
+        saved = s.n_layers * sum(k[key] * g[key] for key in ("bphd", "bpd", "bpf", "bhpp")) * f
+        receiver_grads = (s.n_layers * 3 * g["bphd"] + (s.n_layers + 1) * g["bpd"]) * f
         steps = ig_steps if method in ("eap-ig", "hybrid") else 1
         held = receiver_grads if steps > 1 else 0  # the running sum over integration steps
-        phases["gradient pass"] = {"ablated outputs": cache, "sender differences": deltas, "saved activations": saved,
-                                   "logits": 3 * logits, "summed gradients": held, "offloaded weights read": offloaded}
-        phases["gradients"] = {"ablated outputs": cache, "sender differences": deltas,
+        phases["gradient pass"] = {"ablated outputs": cache, "sender differences": g["deltas"] * f, "saved activations": saved,
+                                   "logits": 3 * g["logits"] * f, "summed gradients": held, "offloaded weights read": offloaded}
+        phases["gradients"] = {"ablated outputs": cache, "sender differences": g["deltas"] * f,
                                "receiver gradients": 2 * receiver_grads + held}
     return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})
 
@@ -214,10 +226,10 @@ def _takes_gradients(method: str) -> bool:
 
 
 def fit(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, limit: int, *, ig_steps: int = 5,
-        ablation: str = "resample", baseline: int = 0, offloaded: int = 0) -> MemoryPlan:
+        ablation: str = "resample", baseline: int = 0, offloaded: int = 0, memory_mb: float = DEFAULT_MEMORY_MB) -> MemoryPlan:
     """The plan with the largest batch size <= `batch_size` whose estimated peak is within `limit` bytes; a
     UsageError when even one prompt at a time is over it."""
-    kwargs = {"ig_steps": ig_steps, "ablation": ablation, "baseline": baseline, "offloaded": offloaded}
+    kwargs = {"ig_steps": ig_steps, "ablation": ablation, "baseline": baseline, "offloaded": offloaded, "memory_mb": memory_mb}
     plan = estimate(shape, method, n_examples, seq_len, batch_size, **kwargs)
     size = plan.batch_size
     while plan.peak > limit and size > 1:

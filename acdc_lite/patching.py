@@ -158,6 +158,21 @@ class _Pass:
     input_alpha: float | None = None  # run on ablated + alpha * (clean - ablated) input (integrated gradients)
 
 
+DEFAULT_MEMORY_MB = 384.0  # EdgePatcher's budget for one chunk's activations
+
+
+def chunk_rows(n_senders: int, d_model: int, n_heads: int, n_layers: int, d_vocab: int, seq_len: int, batch_size: int,
+               memory_mb: float = DEFAULT_MEMORY_MB) -> tuple[int, int]:
+    """(eval_rows, grad_rows): prompts per chunk of a patched pass (per candidate mask; callers also cap it at the
+    batch size) and of a gradient pass (at most `batch_size`), so a chunk's activations stay within `memory_mb`. A
+    patched pass holds every sender's difference and a few per-head activations per token; a gradient pass keeps
+    the per-head q/k/v inputs of every layer, their normed copies and projections for the backward pass."""
+    per_prompt = seq_len * 4 / 2**20  # MB per prompt per float held per token
+    eval_floats = n_senders * d_model + 6 * n_heads * d_model + 2 * d_vocab
+    grad_floats = n_senders * d_model + n_layers * (9 * n_heads + 16) * d_model + 3 * d_vocab
+    return max(1, int(memory_mb / (eval_floats * per_prompt))), max(1, min(batch_size, int(memory_mb / (grad_floats * per_prompt))))
+
+
 class EdgePatcher:
     """Evaluate `model` on `clean_tokens` with any edge set kept and the rest ablated.
 
@@ -168,7 +183,7 @@ class EdgePatcher:
 
     def __init__(self, model: nn.Module, graph: ModelGraph, clean_tokens: torch.Tensor,
                  ablated: list[torch.Tensor], batch_size: int = 32, attention_mask: torch.Tensor | None = None,
-                 memory_mb: float = 384.0):
+                 memory_mb: float = DEFAULT_MEMORY_MB):
         if len(ablated) != len(graph.sender_groups):
             raise ValueError("ablated outputs do not match the graph's sender groups")
         for a in ablated:
@@ -181,15 +196,8 @@ class EdgePatcher:
         self.batch_size = batch_size
         info = model_info(model)
         self.memory_mb = memory_mb
-        per_prompt = clean_tokens.shape[1] * 4 / 2**20  # MB per prompt per float held per token
-        # chunks of at most batch_size prompts, fewer where a chunk's activations would pass memory_mb: a patched
-        # pass holds every sender's difference and a few per-head activations per token; a gradient pass keeps
-        # the per-head q/k/v inputs of every layer, their normed copies and projections for the backward pass
-        eval_floats = graph.n_senders * info.d_model + 6 * info.n_heads * info.d_model + 2 * info.d_vocab
-        grad_floats = (graph.n_senders * info.d_model + info.n_layers * (9 * info.n_heads + 16) * info.d_model
-                       + 3 * info.d_vocab)
-        self.eval_rows = max(1, int(memory_mb / (eval_floats * per_prompt)))  # per candidate mask
-        self.grad_rows = max(1, min(batch_size, int(memory_mb / (grad_floats * per_prompt))))
+        self.eval_rows, self.grad_rows = chunk_rows(graph.n_senders, info.d_model, info.n_heads, info.n_layers, info.d_vocab,
+                                                    clean_tokens.shape[1], batch_size, memory_mb)
         if graph.kv_group != info.n_heads // info.n_kv_heads:
             raise ValueError(f"the graph has {graph.n_kv_heads} k/v heads but the model {info.n_kv_heads}; "
                              "build it with ModelGraph.from_model")

@@ -36,23 +36,36 @@ def test_per_device_limits():
 GPT2_SMALL = Shape(12, 12, 768, 3072, 50257, "bridge")
 
 
+NO_BUDGET = 10.0**6  # MB: chunks are the batch size (the patcher's own budget would cap them)
+
+
 def test_estimate_scales_with_the_batch_and_keeps_the_cache():
-    small, large = (estimate(GPT2_SMALL, "eap", 32, 16, b) for b in (4, 8))
+    small, large = (estimate(GPT2_SMALL, "eap", 32, 16, b, memory_mb=NO_BUDGET) for b in (4, 8))
     assert large.working > small.working
     assert small.phases["gradient pass"]["ablated outputs"] == large.phases["gradient pass"]["ablated outputs"] == \
         32 * 16 * (1 + 12 * 13) * 768 * 4  # every sender's corrupted output, float32
     assert large.phases["gradient pass"]["saved activations"] == 2 * small.phases["gradient pass"]["saved activations"]
-    assert estimate(GPT2_SMALL, "eap-ig", 32, 16, 8).peak > large.peak  # integrated gradients keep a running sum
-    assert estimate(GPT2_SMALL, "eap", 32, 16, 8, ablation="mean").peak < large.peak
-    assert estimate(GPT2_SMALL, "eap", 32, 16, 8, baseline=10**9).peak == large.peak + 10**9
+    assert estimate(GPT2_SMALL, "eap-ig", 32, 16, 8, memory_mb=NO_BUDGET).peak > large.peak  # integrated gradients keep a running sum
+    assert estimate(GPT2_SMALL, "eap", 32, 16, 8, ablation="mean", memory_mb=NO_BUDGET).peak < large.peak
+    assert estimate(GPT2_SMALL, "eap", 32, 16, 8, baseline=10**9, memory_mb=NO_BUDGET).peak == large.peak + 10**9
+
+
+def test_estimate_chunks_as_the_patcher_does():
+    from acdc_lite.patching import chunk_rows
+
+    eval_rows, grad_rows = chunk_rows(GPT2_SMALL.n_senders, 768, 12, 12, 50257, 16, 8)
+    assert (eval_rows, grad_rows) == (22, 4)  # 384 MB per chunk at GPT-2 small, 16 tokens
+    four, eight = (estimate(GPT2_SMALL, "eap", 32, 16, b) for b in (4, 8))
+    assert four.phases["gradient pass"] == eight.phases["gradient pass"]  # both run 4 prompts per gradient chunk
+    assert eight.phases["patched passes"]["sender differences"] == 2 * four.phases["patched passes"]["sender differences"]
 
 
 def test_fit_lowers_the_batch_until_it_fits_or_refuses():
-    full = estimate(GPT2_SMALL, "eap", 32, 16, 32)
-    eight = estimate(GPT2_SMALL, "eap", 32, 16, 8)
-    plan = fit(GPT2_SMALL, "eap", 32, 16, 32, limit=eight.peak + 1)
+    full = estimate(GPT2_SMALL, "eap", 32, 16, 32, memory_mb=NO_BUDGET)
+    eight = estimate(GPT2_SMALL, "eap", 32, 16, 8, memory_mb=NO_BUDGET)
+    plan = fit(GPT2_SMALL, "eap", 32, 16, 32, limit=eight.peak + 1, memory_mb=NO_BUDGET)
     assert plan.batch_size == 8 and plan.peak <= eight.peak + 1 < full.peak
-    assert fit(GPT2_SMALL, "eap", 32, 16, 32, limit=full.peak).batch_size == 32
+    assert fit(GPT2_SMALL, "eap", 32, 16, 32, limit=full.peak, memory_mb=NO_BUDGET).batch_size == 32
     with pytest.raises(UsageError, match="even one prompt at a time"):
         fit(GPT2_SMALL, "eap", 32, 16, 32, limit=10**6)
 
