@@ -109,7 +109,7 @@ def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_pat
     assert "faithfulness" in c.metrics
     c.save(tmp_path / "c.json")
     again = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
-    assert again.to_json() == c.to_json() and again.cost["seconds"] != c.cost["seconds"]
+    assert again.to_json() == c.to_json() and "seconds" not in c.to_json()  # the cost (run-dependent) is not in the file
 
 
 @pytest.mark.parametrize("kwargs,match", [({"method": "nope"}, "unknown method"), ({"method": "acdc", "tau": -1}, "tau"),
