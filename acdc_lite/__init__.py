@@ -7,12 +7,12 @@ that need no model never import torch. Built-in providers (the tracr programs) r
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING
 
 from acdc_lite import registry as _registry
+from acdc_lite.lazy import lazy_names
 
 __version__ = "0.1.0"  # the only place the version is written (pyproject reads it)
 
@@ -40,16 +40,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'acdc_lite' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(globals(), _EXPORTS)
 
 
 def _builtin_providers() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 # Lowest first. A module takes the layer of its longest listed prefix (`acdc_lite` itself: only the package's
 # __init__); modules not listed are applications (layer "apps"): they may import everything below the CLI.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("leaves", ("acdc_lite.hooks", "acdc_lite.registry", "acdc_lite.layers", "acdc_lite.transformer", "acdc_lite.padding",
+    ("leaves", ("acdc_lite.choices", "acdc_lite.lazy", "acdc_lite.hooks", "acdc_lite.registry", "acdc_lite.layers",
+                "acdc_lite.transformer", "acdc_lite.padding",
                 "acdc_lite.faithfulness",
                 "acdc_lite.metrics", "acdc_lite.boundary", "acdc_lite.runs", "acdc_lite.offload")),
     ("shape", ("acdc_lite.shape",)),

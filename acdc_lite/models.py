@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from acdc_lite import hooks, offload
+from acdc_lite.choices import Processing
 from acdc_lite.registry import MODEL_SOURCES, claiming
 from acdc_lite.shape import ModelInfo, ModelLoadError, is_bridge, model_info
 from acdc_lite.transformer import SmallTransformer
@@ -40,30 +41,6 @@ def fingerprint(model: nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class Processing(Enum):
-    """How the bridge treats a Hugging Face checkpoint's weights before hooking them.
-
-    NONE (the default) keeps the checkpoint's own weights: the hooked model computes the checkpoint's
-    function by construction, and each head's output keeps its own value bias. TransformerLens 4.3's
-    processing decides a matrix's orientation from its shape, so it folds the final LayerNorm into the
-    unembedding along the wrong axis (fold_ln) and centres the unembedding along d_model
-    (center_unembed) whenever d_vocab == d_model. The others are there for analyses that want
-    TransformerLens' coordinates; the load-time equivalence check refuses them where they change the model.
-    """
-
-    NONE = "none"
-    FOLD_LN = "fold-ln"  # fold LayerNorm scales into the next weights, nothing else
-    TRANSFORMER_LENS = "transformer-lens"  # TL 4.3's default: fold_ln, center_writing_weights, center_unembed, fold_value_biases
-
-    def compatibility_kwargs(self) -> dict:
-        """Arguments for `TransformerBridge.enable_compatibility_mode`."""
-        if self is Processing.NONE:
-            return {"no_processing": True}
-        if self is Processing.FOLD_LN:
-            return {"fold_ln": True, "center_writing_weights": False, "center_unembed": False, "fold_value_biases": False}
-        return {}
 
 
 class SourceKind(Enum):

@@ -24,31 +24,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.choices import Ablation
 from acdc_lite.graph import ModelGraph
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 
 # metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class Ablation(str, Enum):
-    RESAMPLE = "resample"  # the sender's output on the corrupted prompt (default)
-    ZERO = "zero"
-    MEAN = "mean"  # mean over corrupted prompts and their real (unpadded) positions
-    MEAN_POSITIONAL = "mean-positional"  # mean over corrupted prompts, per position (prompts of one length only)
-
-    @classmethod
-    def _missing_(cls, value):
-        """The field's other names: MIB's `patching` (= resample), `mean_positional` with an underscore."""
-        aliases = {"patching": cls.RESAMPLE, "corrupted": cls.RESAMPLE, "mean_positional": cls.MEAN_POSITIONAL}
-        return aliases.get(str(value).lower()) if isinstance(value, str) else None
 
 
 def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,24 +10,24 @@ import hashlib
 import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from acdc_lite.boundary import UsageError, parse_settings, read_json_object
-from acdc_lite.circuit import Circuit, write_atomic
-from acdc_lite.models import Processing, fingerprint, load_model
-from acdc_lite.patching import Ablation
+from acdc_lite.choices import DTYPE_NAMES, Ablation, Processing
 from acdc_lite.runs import DEFAULT_INTERVAL, RECORD, Checkpointer, RunLock, RunRecord, check_output_dir, interruptible
-from acdc_lite.search import CHECKPOINTED, METHODS, SearchError, discover
+from acdc_lite.search import CHECKPOINTED, METHODS, SearchError
 from acdc_lite.search.methods import all_options, options_for
-from acdc_lite.task import Task, load_task
+
+if TYPE_CHECKING:  # torch, the model and the task load only when a run starts: a bad setting is refused at once
+    import torch
+
+    from acdc_lite.circuit import Circuit
+    from acdc_lite.task import Task
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "induction-attn-2l"
 DEFAULT_TASK = "induction"
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OUTPUTS = ("circuit.json", "circuit.svg", "config.json")
 CHECKPOINT = "checkpoint.json"
 
@@ -60,8 +60,8 @@ class DiscoverConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise SearchError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.dtype not in DTYPES:
-            raise SearchError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise SearchError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
         if self.processing not in {p.value for p in Processing}:
             raise SearchError(f"unknown processing {self.processing!r}; choose one of {', '.join(p.value for p in Processing)}")
         if self.ablation not in {a.value for a in Ablation}:
@@ -133,8 +133,8 @@ def placement(config: DiscoverConfig) -> dict:
     a UsageError naming the option when one cannot work."""
     import json
 
-    from acdc_lite.memory import parse_max_memory
-
+    if config.max_memory is not None:
+        from acdc_lite.memory import parse_max_memory  # (imports torch: only when a limit is given)
     if config.device_map is None:
         if config.offload_folder is not None:
             raise UsageError("--offload-folder only applies with --device-map (e.g. --device-map auto)")
@@ -164,6 +164,8 @@ def placement(config: DiscoverConfig) -> dict:
 
 def check_device(device: str) -> torch.device:
     """The torch device named by `device`, or a UsageError saying why it cannot be used here."""
+    import torch
+
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
@@ -192,6 +194,8 @@ class DiscoverOutput:
 
 def task_hash(task: Task) -> str:
     """sha256 over the task's token tensors: identifies the prompts a checkpoint was made on."""
+    import torch
+
     h = hashlib.sha256()
     for t in (task.clean, task.corrupt, task.answers, task.foils, task.answer_pos):
         if t is not None:
@@ -224,7 +228,13 @@ def run_discover(config: DiscoverConfig, progress: bool = True, checkpoint: Chec
     """Load, search and render; writes nothing but the checkpoint of a checkpointing method (see `discover_into`).
     `on_checkpoint(state)` is called after each checkpoint save, `on_plan(plan)` with the memory plan before the search
     (with `max_memory`, a batch size that does not fit is lowered first)."""
-    model = load_model(config.model, device=config.device, dtype=DTYPES[config.dtype], processing=config.processing,
+    import torch
+
+    from acdc_lite.models import fingerprint, load_model
+    from acdc_lite.search import discover
+    from acdc_lite.task import load_task
+
+    model = load_model(config.model, device=config.device, dtype=getattr(torch, config.dtype), processing=config.processing,
                        offline=config.offline or None, **placement(config))
     task = load_task(config.task, model, n_examples=config.n_examples, seed=config.seed, metric=config.metric)
     asked = None
@@ -276,6 +286,8 @@ def with_detected_roles(circuit: Circuit, model, task) -> Circuit:
 
 def write_outputs(out: DiscoverOutput, directory: str | Path) -> list[Path]:
     """circuit.json, circuit.svg (when rendered) and config.json, each written atomically."""
+    from acdc_lite.circuit import write_atomic
+
     directory = Path(directory)
     written = [out.circuit.save(directory / "circuit.json")]
     if out.svg is not None:

@@ -83,6 +83,19 @@ def test_commands_that_need_no_model_import_no_torch(argv):
     assert out.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize("argv", [["--method", "acdcc"], ["--tau", "-1"], ["--ablation", "foo"], ["--dtype", "float8"],
+                                  ["--processing", "x"], ["--top-n", "5"]])
+def test_a_bad_discover_setting_is_refused_before_torch_loads(argv, tmp_path):
+    code = ("import sys, runpy; sys.argv = ['acdc-lite', *sys.argv[1:]]\n"
+            "try:\n    runpy.run_module('acdc_lite', run_name='__main__')\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print(sorted(m for m in ('torch', 'transformer_lens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, "discover", *argv, "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-2:] == ["exit 2", "[]"]  # 2: a usage error
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_task_descriptions_read_without_import_match_the_modules():
     from acdc_lite import tasks
 

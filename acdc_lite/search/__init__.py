@@ -8,9 +8,9 @@ names below are loaded on first use, so the CLI can list methods and options che
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from acdc_lite.lazy import lazy_names
 from acdc_lite.search.methods import METHODS
 from acdc_lite.search.spec import Level, MethodSpec, SearchError, Settings
 
@@ -24,12 +24,7 @@ _LAZY = {"search": "acdc_lite.search.api", "discover": "acdc_lite.search.api", "
          "prune_dangling": "acdc_lite.search.common"}
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'acdc_lite.search' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 __all__ = ["CHECKPOINTED", "GRADIENT_METHODS", "METHODS", "Level", "MethodSpec", "SearchContext", "SearchError", "SearchResult",
