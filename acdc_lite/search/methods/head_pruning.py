@@ -8,16 +8,12 @@ from acdc_lite.search.methods._tau import tau_field
 from acdc_lite.search.spec import Level, MethodSpec, Runtime
 
 
-def include_mlps_field():
-    return field(default=False, metadata={"help": "Prune MLPs as well as attention heads."})
-
-
 @dataclass(frozen=True)
 class HeadPruningOptions:
     """Iterative pruning's options: how far below the full model the metric may fall, and whether MLPs go too."""
 
     tau: float | None = tau_field()
-    include_mlps: bool = include_mlps_field()
+    include_mlps: bool = field(default=False, metadata={"help": "Prune MLPs as well as attention heads."})
 
 
 def run(ctx, options: HeadPruningOptions, runtime: Runtime):

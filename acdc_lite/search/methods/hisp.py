@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from acdc_lite.search.methods._tau import tau_field
-from acdc_lite.search.methods.head_pruning import include_mlps_field
+from acdc_lite.search.methods.head_pruning import HeadPruningOptions
 from acdc_lite.search.spec import Level, MethodSpec, Runtime
 
 
 @dataclass(frozen=True)
-class HISPOptions:
-    """HISP's options: as head-pruning's (one ranking instead of re-measuring)."""
-
-    tau: float | None = tau_field()
-    include_mlps: bool = include_mlps_field()
+class HISPOptions(HeadPruningOptions):
+    """HISP's options: head-pruning's (one ranking instead of re-measuring)."""
 
 
 def run(ctx, options: HISPOptions, runtime: Runtime):
