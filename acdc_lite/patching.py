@@ -390,7 +390,7 @@ class EdgePatcher:
 
     def _metric(self, metric: Metric, logits: torch.Tensor, idx: slice, c: int) -> torch.Tensor:
         ex = torch.arange(idx.start, idx.stop, device=logits.device)
-        values = metric(logits, ex.repeat(c)).view(c, -1)
+        values = metric(logits.float(), ex.repeat(c)).view(c, -1)  # float32 metrics on a bf16/fp16 model too
         if not torch.isfinite(values).all():
             raise FloatingPointError("the metric returned NaN or inf; check the task's answer tokens and the model")
         return values
