@@ -35,10 +35,12 @@ def _head(head: str | Node) -> Node:
     return node
 
 
-def head_pattern(model: nn.Module, tokens: torch.Tensor, head: str | Node) -> torch.Tensor:
-    """[b, query, key] attention probabilities of `head` ("a1.h0") on `tokens` [b, p]."""
+def head_pattern(model: nn.Module, tokens: torch.Tensor, head: str | Node,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[b, query, key] attention probabilities of `head` ("a1.h0") on `tokens` [b, p] (`attention_mask` [b, p]
+    for padded prompts)."""
     node = _head(head)
-    return attention_patterns(model, tokens)[node.layer][:, node.head]
+    return attention_patterns(model, tokens, attention_mask)[node.layer][:, node.head]
 
 
 def attention_figure(model: nn.Module, task: Task, head: str | Node, prompts: Sequence[int] = (0,),
@@ -53,7 +55,7 @@ def attention_figure(model: nn.Module, task: Task, head: str | Node, prompts: Se
     if bad:
         raise ValueError(f"prompt indices {bad} are outside the task's {len(task)} prompts")
     tokens = (task.corrupt if corrupt else task.clean)[prompts]
-    pattern = head_pattern(model, tokens, node)
+    pattern = head_pattern(model, tokens, node, task.attention_mask[prompts])
     p = tokens.shape[1]
     side = min(2.0 + 0.32 * p, 12.0)
     fig = Figure(figsize=(side * len(prompts) + 1.0, side), layout="constrained")
@@ -84,7 +86,7 @@ def attention_html(model: nn.Module, task: Task, head: str | Node, prompt: int =
         raise ImportError("interactive attention views need circuitsvis: pip install 'acdc-lite[circuitsvis]'") from e
     node = _head(head)
     tokens = task.clean[prompt:prompt + 1]
-    pattern = head_pattern(model, tokens, node)[0]
+    pattern = head_pattern(model, tokens, node, task.attention_mask[prompt:prompt + 1])[0]
     view = attention_pattern(tokens=token_labels(model, tokens[0].tolist()), attention=pattern.numpy())
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{node} attention ({task.name}, prompt "
             f"{prompt})</title></head>\n<body>\n<h3>{node} attention ({task.name}, prompt {prompt})</h3>\n"

@@ -114,8 +114,10 @@ def _stage_label(stage: int, n_layers: int) -> str:
 
 
 @torch.no_grad()
-def residual_stages(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """[L + 1, N, d_model]: the residual stream at `positions` [N] entering each layer, then leaving the last."""
+def residual_stages(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[L + 1, N, d_model]: the residual stream at `positions` [N] entering each layer, then leaving the last
+    (`attention_mask` [N, p] for padded prompts)."""
     n_layers = model_info(model).n_layers
     names = [hooks.resid_pre(layer) for layer in range(n_layers)] + [hooks.resid_post(n_layers - 1)]
     store: dict[str, torch.Tensor] = {}
@@ -127,7 +129,7 @@ def residual_stages(model: nn.Module, tokens: torch.Tensor, positions: torch.Ten
         return hook
 
     with model.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
-        model(tokens)
+        forward(model, tokens, attention_mask)
     return torch.stack([store[n] for n in names])
 
 
@@ -139,7 +141,7 @@ def logit_lens(model: nn.Module, task: Task, metric: str | None = None, batch_si
     ranks, values, finals = [], [], []
     for part in _chunks(len(task), batch_size):
         sub = task.subset(torch.arange(len(task))[part])
-        stages = residual_stages(model, sub.clean, sub.answer_pos)
+        stages = residual_stages(model, sub.clean, sub.answer_pos, sub.attention_mask)
         logits = torch.stack([unembed(model, s.to(next(model.parameters()).dtype)).float() for s in stages])
         answer = logits.gather(2, sub.answers[:, :1].expand(len(stages), -1, 1).to(logits.device))  # [S, n, 1]
         ranks.append((logits > answer).sum(-1).cpu())

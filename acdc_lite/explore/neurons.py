@@ -18,6 +18,7 @@ from torch import nn
 
 from acdc_lite import hooks
 from acdc_lite.graph import Node, NodeKind
+from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 from acdc_lite.task import Task, TaskError, Vocabulary
 
@@ -130,9 +131,9 @@ def neuron_view(model: nn.Module, task: Task, mlp: str | Node, metric: str | Non
         return hook
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(post_name, keep("corrupt")), (out_name, keep("corrupt_out"))]):
-        model(task.corrupt)
+        forward(model, task.corrupt, task.attention_mask)
     with torch.enable_grad(), model.hooks(fwd_hooks=[(post_name, keep("clean", grad=True))]):
-        clean_metric = m(model(task.clean), idx).mean()
+        clean_metric = m(forward(model, task.clean, task.attention_mask), idx).mean()
         (grad,) = torch.autograd.grad(clean_metric, [store["clean"]])
     clean, corrupt = store["clean"].detach(), store["corrupt"]
     attribution = -((corrupt - clean) * grad).sum((0, 1)).float().cpu()  # metric is a mean: grad carries 1/N
@@ -141,7 +142,7 @@ def neuron_view(model: nn.Module, task: Task, mlp: str | Node, metric: str | Non
     @torch.no_grad()
     def patched_metric(fwd_hooks) -> float:
         with model.hooks(fwd_hooks=fwd_hooks):
-            return float(m(model(task.clean), idx).mean())
+            return float(m(forward(model, task.clean, task.attention_mask), idx).mean())
 
     mlp_effect = base - patched_metric([(out_name, lambda x, hook: store["corrupt_out"])])
     patched = {}

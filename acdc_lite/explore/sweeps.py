@@ -34,6 +34,7 @@ from torch import nn
 from acdc_lite import hooks
 from acdc_lite.faithfulness import gap_is_zero
 from acdc_lite.models import model_info
+from acdc_lite.padding import first_real, forward
 from acdc_lite.task import Task, TaskError, Vocabulary
 
 from .figures import diverging_heatmap
@@ -87,16 +88,30 @@ class _TLView:
     """The face transformer-lens' sweeps expect: `cfg` (n_layers, n_heads, n_key_value_heads, device) and
     `run_with_hooks`; counts the forward passes it runs."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, attention_mask: torch.Tensor | None = None):
         info = model_info(model)
         self.model = model
+        self.attention_mask = attention_mask  # [b, p] of every prompt it runs (clean and corrupt share it)
         self.cfg = SimpleNamespace(n_layers=info.n_layers, n_heads=info.n_heads, device=next(model.parameters()).device,
                                    n_key_value_heads=info.n_kv_heads if info.n_kv_heads != info.n_heads else None)
         self.forward_passes = 0
 
     def run_with_hooks(self, tokens, fwd_hooks=()):
         self.forward_passes += 1
-        return self.model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            return forward(self.model, tokens, self.attention_mask)
+
+    def run_with_cache(self, tokens, names: set[str]) -> dict[str, torch.Tensor]:
+        """The activations `names` (hook name -> tensor) of one run on `tokens`."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def keep(name):
+            def hook(x, hook):
+                cache[name] = x.detach()
+            return hook
+
+        self.run_with_hooks(tokens, [(name, keep(name)) for name in names])
+        return cache
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,8 +246,8 @@ def sweep(model: nn.Module, task: Task, kind: SweepKind | str = SweepKind.HEAD_O
     if kind is SweepKind.MLP_OUT and not info.has_mlp:
         raise ValueError(f"{info.name} has no MLPs: no mlp_out sweep")
     answer_pos = task.answer_pos
-    if align is None:
-        align = bool((answer_pos != answer_pos[0]).any())
+    if align is None:  # prompts of different lengths: positions counted back from the answer mean the same thing
+        align = bool((answer_pos != answer_pos[0]).any()) or not bool(task.attention_mask.all())
     metric_name = metric or task.default_metric
     per_example = task.metric(metric_name, model)
     idx = torch.arange(len(task))
@@ -243,17 +258,16 @@ def sweep(model: nn.Module, task: Task, kind: SweepKind | str = SweepKind.HEAD_O
     device = next(model.parameters()).device
     clean, corrupt = task.clean.to(device), task.corrupt.to(device)
     target, source = (corrupt, clean) if direction is Direction.DENOISE else (clean, corrupt)
-    view = _TLView(model)
+    view = _TLView(model, task.attention_mask.to(device))
     start = time.perf_counter()
     with torch.no_grad():
         clean_value = float(metric_fn(view.run_with_hooks(clean)).mean())
         corrupt_value = float(metric_fn(view.run_with_hooks(corrupt)).mean())
         names = {hooks.tl_activation(spec.activation, layer) for layer in range(info.n_layers)}
-        view.forward_passes += 1
-        _, cache = model.run_with_cache(source, names_filter=lambda n: n in names)
+        cache = view.run_with_cache(source, names)
         heads = info.n_kv_heads if kind in (SweepKind.HEAD_K, SweepKind.HEAD_V) else info.n_heads
         if by_position and align:
-            offsets = range(-int(answer_pos.min()), 1)
+            offsets = range(-int((answer_pos - first_real(task.attention_mask)).min()), 1)  # real in every prompt
             axes = {"layer": range(info.n_layers), "offset": offsets} | ({"head": range(heads)} if kind.per_head else {})
             index_df = pd.MultiIndex.from_product(list(axes.values()), names=list(axes)).to_frame(index=False)
             raw = tlp.generic_activation_patch(view, target, cache, metric_fn, _aligned_setter(kind, answer_pos),
