@@ -17,19 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from acdc_lite.cli import app
+from tests.cli_helpers import run, write_id_task
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, list(map(str, args)))
 
 
 # ---- inputs built in the test -------------------------------------------------------------------
@@ -38,13 +31,7 @@ def base(tmp_path_factory, small_model):
     """A saved small model, a 12-row task file, a finished run, a circuit file and an interrupted acdc run."""
     root = tmp_path_factory.mktemp("bad-inputs")
     small_model.save(root / "model")
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(12):
-        clean = torch.randint(0, 20, (6,), generator=g).tolist()
-        rows.append({"clean": clean, "corrupt": torch.randint(0, 20, (6,), generator=g).tolist(),
-                     "answer": clean[0], "foil": (clean[0] + 1) % 20})
-    (root / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_id_task(root / "task.jsonl", 12)
     common = ["--model", root / "model", "--task", root / "task.jsonl", "--quiet"]
     res = run("discover", *common, "--method", "eap", "--out", root / "finished")
     assert res.exit_code == 0, res.output

@@ -5,30 +5,16 @@ import shutil
 from dataclasses import replace
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
 from acdc_lite.circuit import Circuit
-from acdc_lite.cli import app
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, list(map(str, args)))
+from tests.cli_helpers import run, write_id_task
 
 
 @pytest.fixture(scope="module")
 def discovered(tmp_path_factory, small_model):
     root = tmp_path_factory.mktemp("cli-interop")
     small_model.save(root / "model")
-    g = torch.Generator().manual_seed(1)
-    lines = []
-    for _ in range(10):
-        clean = torch.randint(0, 20, (6,), generator=g).tolist()
-        lines.append(json.dumps({"clean": clean, "corrupt": torch.randint(0, 20, (6,), generator=g).tolist(),
-                                 "answer": clean[0], "foil": (clean[0] + 1) % 20}))
-    (root / "task.jsonl").write_text("\n".join(lines) + "\n")
+    write_id_task(root / "task.jsonl", 10, seed=1)
     res = run("discover", "--model", root / "model", "--task", root / "task.jsonl", "--method", "eap", "--top-n", 12,
               "--out", root / "run", "--quiet")
     assert res.exit_code == 0, res.output

@@ -1,33 +1,18 @@
 """`acdc-lite explore patch|paths` and `validate --plot` through typer's runner, on a model saved in the test."""
 
-import json
 
 import pandas as pd
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from acdc_lite.cli import app
-
-runner = CliRunner()
+from tests.cli_helpers import run, write_id_task
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, small_model):
     root = tmp_path_factory.mktemp("explore-cli")
     small_model.save(root / "model")
-    g = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(8):
-        clean = torch.randint(0, 20, (6,), generator=g).tolist()
-        lines.append(json.dumps({"clean": clean, "corrupt": torch.randint(0, 20, (6,), generator=g).tolist(),
-                                 "answer": clean[0], "foil": (clean[0] + 1) % 20}))
-    (root / "task.jsonl").write_text("\n".join(lines) + "\n")
+    write_id_task(root / "task.jsonl", 8)
     return root
-
-
-def run(*args):
-    return runner.invoke(app, list(map(str, args)))
 
 
 def test_patch_writes_heatmaps_tables_and_index(setup):

@@ -6,16 +6,9 @@ import shutil
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cli import app
+from tests.cli_helpers import run, write_id_task
 from tests.conftest import BUILDERS
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, list(map(str, args)))
 
 
 @pytest.fixture
@@ -24,14 +17,7 @@ def found(tmp_path, monkeypatch):
     work = tmp_path / "work"
     torch.manual_seed(0)
     BUILDERS["gpt2"]().save_pretrained(work / "models" / "gpt2-tiny")
-    g = torch.Generator().manual_seed(0)
-    lines = []
-    for _ in range(16):
-        clean = torch.randint(1, 20, (6,), generator=g).tolist()
-        lines.append(json.dumps({"clean": clean, "corrupt": torch.randint(1, 20, (6,), generator=g).tolist(),
-                                 "answer": clean[1], "foil": (clean[1] + 1) % 20}))
-    (work / "data").mkdir()
-    (work / "data" / "ids.jsonl").write_text("\n".join(lines) + "\n")
+    write_id_task(work / "data" / "ids.jsonl", 16, low=1, answer_at=1)
     monkeypatch.chdir(work)
     res = run("discover", "--model", "models/gpt2-tiny", "--task", "data/ids.jsonl", "--method", "acdc",
               "--out", "runs/a", "--quiet")
