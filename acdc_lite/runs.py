@@ -76,13 +76,7 @@ def check_output_dir(directory: str | Path, option: str = "--out") -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{option} {directory} is a file, not a folder; give a folder for the outputs")
-    probe = directory
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UsageError(f"{option} {directory}: {probe} is a file, so the folder cannot be made there")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {directory}: {probe} is not writable; choose a folder you can write to")
+    _check_writable_ancestor(directory, directory, option, "the folder cannot be made")
     return directory
 
 
@@ -91,14 +85,19 @@ def check_output_file(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path} is a folder; give a file name")
-    probe = path.parent
+    _check_writable_ancestor(path, path.parent, option, f"{path.name} cannot be written")
+    return path
+
+
+def _check_writable_ancestor(given: Path, start: Path, option: str, what: str) -> None:
+    """A UsageError unless the nearest existing folder at or above `start` is a writable folder."""
+    probe = start
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise UsageError(f"{option} {path}: {probe} is a file, so {path.name} cannot be written there")
+        raise UsageError(f"{option} {given}: {probe} is a file, so {what} there")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: {probe} is not writable; choose a folder you can write to")
-    return path
+        raise UsageError(f"{option} {given}: {probe} is not writable; choose a folder you can write to")
 
 
 # ---- interruption -----------------------------------------------------------------------------
