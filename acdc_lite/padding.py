@@ -60,9 +60,18 @@ def first_real(mask: torch.Tensor) -> torch.Tensor:
     return mask.long().argmax(dim=1)
 
 
-def forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            start_at_layer: int | None = None, resid: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [b, p, vocab] of `model` on `tokens` [b, p]; `attention_mask` [b, p] (True/1 at real tokens)
-    is passed on only when some position is padded (an all-real batch runs exactly as before)."""
-    if attention_mask is None or bool(attention_mask.all()):
+    is passed on only when some position is padded (an all-real batch runs exactly as before). With
+    `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l and only blocks l..
+    are computed (natively on models that declare `supports_start_at_layer`, else via `suffix.run_from_layer`)."""
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if start_at_layer is not None and not getattr(model, "supports_start_at_layer", False):
+        from acdc_lite.suffix import run_from_layer
+
+        return run_from_layer(model, resid, start_at_layer, attention_mask if padded else None)
+    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer, "resid": resid}
+    if not padded:
         return model(tokens, **kwargs)
     return model(tokens, attention_mask=attention_mask.to(device=tokens.device, dtype=torch.long), **kwargs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from acdc_lite import hooks
+from acdc_lite.suffix import can_start_at_layer
 
 
 class ModelLoadError(ValueError):
@@ -59,6 +60,6 @@ def model_info(model: nn.Module) -> ModelInfo:
             d_vocab=c.d_vocab_out if getattr(c, "d_vocab_out", -1) > 0 else c.d_vocab,
             has_mlp=not bool(getattr(c, "attn_only", False)) and hooks.mlp_out(0) in model.hook_dict,
             parallel_attn_mlp=bool(getattr(c, "parallel_attn_mlp", False)),
-            supports_start_at_layer=False,
+            supports_start_at_layer=can_start_at_layer(model),
         )
     raise ModelLoadError(f"{type(model).__name__} is not a model from acdc_lite.load_model; load it with load_model first")
