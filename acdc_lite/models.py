@@ -23,6 +23,7 @@ from acdc_lite import hooks, offload
 from acdc_lite.choices import Processing
 from acdc_lite.registry import MODEL_SOURCES, claiming
 from acdc_lite.shape import ModelInfo, ModelLoadError, is_bridge, model_info
+from acdc_lite.suffix import probe_suffix
 from acdc_lite.transformer import SmallTransformer
 
 log = logging.getLogger(__name__)
@@ -336,9 +337,11 @@ def load_model(spec, *, device: str | torch.device | None = None, dtype: torch.d
         raise ModelLoadError("max_memory and offload_folder only apply with a device_map (e.g. device_map='auto')")
     model, source = _load(spec, processing, offline, tolerance, placement, dtype)
     model.acdc_source = source
-    if placement.active:
-        return model.eval()  # accelerate placed the weights; moving them would undo that
-    return _finish(model, device, dtype)
+    # accelerate placed the weights when placement is active; moving them would undo that
+    model = model.eval() if placement.active else _finish(model, device, dtype)
+    if is_bridge(model):
+        model.acdc_block_tuple = probe_suffix(model)  # None: no suffix passes (see acdc_lite.suffix)
+    return model
 
 
 def _load(spec, processing: Processing, offline: bool | None, tolerance: float, placement: Placement = Placement(),

@@ -75,6 +75,7 @@ def test_hooked_equals_hf_logits(models, prompts, family):
         ours, theirs = model(clean).log_softmax(-1), hf(clean).logits.log_softmax(-1)
     assert (ours - theirs).abs().max() < 1e-4
     info = model_info(model)
+    assert info.supports_start_at_layer  # the load-time check: a suffix pass reproduces the full pass (acdc_lite.suffix)
     assert info.n_kv_heads == getattr(hf.config, "num_key_value_heads", None) or info.n_kv_heads == (
         1 if getattr(hf.config, "multi_query", False) else info.n_heads)
 

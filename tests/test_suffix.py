@@ -21,7 +21,7 @@ def _build(family_name: str, seed: int = 0):
     return load_model(family.build(seed))
 
 
-@pytest.fixture(scope="module", params=["gpt2", "gpt-neox", "llama-gqa"])
+@pytest.fixture(scope="module", params=["gpt2", "gpt-neox", "llama-gqa", "bloom"])
 def bridge(request):
     return request.param, _build(request.param)
 
@@ -45,7 +45,9 @@ def _resid_pre(model, tokens, mask=None):
 
 
 def test_bridges_declare_suffix_support(bridge):
-    assert model_info(bridge[1]).supports_start_at_layer
+    name, model = bridge
+    assert model_info(model).supports_start_at_layer
+    assert model.acdc_block_tuple is (name == "bloom")  # Bloom's HF loop reads its blocks' output[0]
 
 
 @pytest.mark.parametrize("side", [None, "left"])
@@ -113,3 +115,12 @@ def test_acdc_circuit_is_the_same_with_and_without_suffix_passes(family, monkeyp
     assert torch.equal(fast.kept, full.kept)
     assert 0 < int(fast.kept.sum()) < int(ModelGraph.from_model(model).valid.sum())  # a real circuit, not all or none
     assert fast.forward_passes < 0.8 * full.forward_passes
+
+
+def test_a_suffix_pass_that_differs_from_the_full_pass_turns_suffix_passes_off(bridge, monkeypatch):
+    from acdc_lite import suffix
+
+    _, model = bridge
+    assert suffix.probe_suffix(model) is model.acdc_block_tuple
+    monkeypatch.setattr(suffix, "_run", lambda model, resid, *a, **k: torch.zeros(1, resid.shape[1], model.cfg.d_vocab))
+    assert suffix.probe_suffix(model) is None
