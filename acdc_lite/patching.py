@@ -371,8 +371,9 @@ class EdgePatcher:
         return torch.cat([o.view(c, -1, *o.shape[1:]) for o in outs], dim=1)
 
     @torch.no_grad()
-    def evaluate(self, kept: torch.Tensor, metric: Metric, start_layer: int = 0, prefix: Prefix | None = None) -> torch.Tensor:
-        """Mean metric over all examples for each candidate mask: [C].
+    def evaluate(self, kept: torch.Tensor, metric: Metric, start_layer: int = 0, prefix: Prefix | None = None,
+                 per_example: bool = False) -> torch.Tensor:
+        """Mean metric over all examples for each candidate mask: [C] (`per_example`: each example's, [C, B]).
 
         With `start_layer` and a `prefix` recorded under a mask equal to `kept` on every receiver
         before `start_layer`, only layers from `start_layer` on are recomputed.
@@ -381,12 +382,14 @@ class EdgePatcher:
         if start_layer > 0 and (prefix is None or not self.supports_start):
             start_layer = 0
         c = removed.shape[0]
-        total = torch.zeros(c)
+        total, each = torch.zeros(c), []
         for idx in self._chunks(candidates=c if start_layer == 0 else 1):
             logits = self._run(self._new_pass(removed), idx, start_layer, prefix)
             values = self._metric(metric, logits, idx, c)
             total += values.sum(dim=1).cpu()
-        return total / len(self.tokens)
+            if per_example:
+                each.append(values.detach().cpu())
+        return torch.cat(each, dim=1) if per_example else total / len(self.tokens)
 
     def _metric(self, metric: Metric, logits: torch.Tensor, idx: slice, c: int) -> torch.Tensor:
         ex = torch.arange(idx.start, idx.stop, device=logits.device)

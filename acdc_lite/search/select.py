@@ -4,9 +4,11 @@ Selection works on units (`ModelGraph.edge_units`): with grouped-query attention
 sender into a k/v group's heads are ranked, kept and dropped together, by the sum of their scores.
 Elsewhere a unit is one edge and nothing changes.
 
-`select_faithful` costs about as much as one or two forward passes, not a bisection's log2(E): the scores
-already estimate the metric of every prefix of the ranking (`predicted_faithfulness`), so it evaluates the
-prefix they predict, corrects the prediction by what it measured, and tries once more where that helps.
+`select_faithful` costs about two to three forward passes, not a bisection's log2(E): a sketch of the
+faithfulness curve on a few prompts says where it crosses the target, one prefix there is measured on every
+prompt, prompt by prompt, and prefixes near it are then estimated on a few prompts by their per-prompt
+difference from it (far less noisy than the sketch: neighbouring circuits differ little on each prompt) before
+the best of them is confirmed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ __all__ = ["Selection", "predicted_faithfulness", "ranked_edges", "ranking", "se
            "unit_ends", "until_faithful"]
 
 
+NOISE_LIMIT = 0.25  # standard error of a circuit's faithfulness over the prompts above which selection stops
+
+
 @dataclass(frozen=True)
 class Selection:
     """The chosen circuit `kept` [S, R] bool, its measured metric, and what choosing it cost."""
@@ -33,9 +38,9 @@ class Selection:
     kept: torch.Tensor
     metric: float
     faithfulness: float
-    evaluations: int  # patched evaluations of candidate circuits
-    forward_passes: float  # those evaluations in units of one forward pass over all examples
-    predicted: float  # the faithfulness the scores predicted for the first candidate
+    evaluations: int  # candidate circuits measured on every prompt
+    forward_passes: float  # all passes spent choosing, in units of one forward pass over all examples
+    predicted: float  # the faithfulness the scores predicted for the size they expect
 
 
 def predicted_faithfulness(graph: ModelGraph, scores: torch.Tensor, ranked: torch.Tensor, ends: list[int],
@@ -60,19 +65,26 @@ def predicted_faithfulness(graph: ModelGraph, scores: torch.Tensor, ranked: torc
 
 
 def select_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.9, *, metric_full: float,
-                    metric_empty: float, absolute: bool = True, grid: int = 8, rounds: int = 2,
-                    round_passes: float = 0.75, finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Selection:
-    """The smallest prefix of the ranking whose (finalized, e.g. dangling-pruned) circuit reaches `target`
-    faithfulness, for about as many passes as the scoring took.
+                    metric_empty: float, absolute: bool = True, sketch_passes: float = 0.5, scan_passes: float = 0.5,
+                    budget: float = 2.6, limit: float = 5.0, reach: float = 1.5,
+                    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Selection:
+    """A short prefix of the ranking whose (finalized, e.g. dangling-pruned) circuit reaches `target` faithfulness,
+    close to the shortest one, for about `budget` forward passes (never more than `limit`).
 
-    1. Sketch the faithfulness curve cheaply: `rounds` batched passes over a few spread-out prompts (sized so a
-       round costs `round_passes` forward passes over all examples), each evaluating `grid` prefixes at once:
-       first spread geometrically over the ranking, then linearly inside the bracket where the sketch crosses.
-    2. Confirm on all prompts the shortest sketched prefix that reaches the target; after a miss the next longer
-       one that does, and after two misses (a sketch that flatters) the 2nd, 4th, ... next; past the last sketched
-       prefix, bisect between the longest prefix seen failing and every edge. Every edge passes, so the result
-       always reaches the target.
-    The prefix the scores alone predict (`predicted_faithfulness`) joins the first round's grid.
+    1. Sketch: one batched pass over a few spread-out prompts (costing `sketch_passes` passes over all prompts)
+       evaluates the full and empty circuits and ~8 prefixes spread geometrically from a quarter of the size the
+       scores predict (`predicted_faithfulness`) to every edge; the anchor is where the sketch crosses the target.
+    2. Anchor: that prefix on every prompt, keeping each prompt's metric.
+    3. Scan: ~6 prefixes on the side the anchor points to (shorter if it reached the target, else longer; within
+       a factor `reach` of its size or as far as the sketch's neighbour), on a few prompts (`scan_passes`), each
+       estimated as the anchor's faithfulness plus their mean per-prompt difference from it.
+    4. Confirm, completing the prompts the scan did not see: the shortest scanned prefix estimated to reach the
+       target, while the spend stays under `budget` and the bracket (longest failing, shortest passing prefix
+       measured) is wider than 5%; with no prefix confirmed yet, step up (by 10% to 50%) to the next prefix the scan
+       or the sketch says reaches it (doubling once the scan has misled), until `limit`: then every edge.
+    Every edge passes, so the result always reaches the target. When the anchor's faithfulness is too uncertain
+    over the prompts (standard error > `NOISE_LIMIT`, e.g. a random model whose clean and corrupted metrics
+    barely differ), no finer choice means anything: the anchor if it reaches the target, else every edge.
     """
     graph = ctx.graph
     ranked = ranked_edges(graph, scores, absolute)
@@ -83,57 +95,144 @@ def select_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.
     guess = _first_reaching(predicted, target, 0, last)
     passes_before = ctx.patcher.forward_passes
     n_examples = len(ctx.patcher.tokens)
-    rows = torch.linspace(0, n_examples - 1, max(1, min(n_examples, round(n_examples * round_passes / (grid + 2))))).round().long().unique()
+    gap = metric_full - metric_empty
+
+    masks: dict[int, torch.Tensor] = {}
 
     def mask(i: int) -> torch.Tensor:
-        m = torch.zeros(graph.valid.numel(), dtype=torch.bool)
-        m[ranked[:ends[i]]] = True
-        return finalize(m.view_as(graph.valid))
+        if i not in masks:
+            m = torch.zeros(graph.valid.numel(), dtype=torch.bool)
+            m[ranked[:ends[i]]] = True
+            masks[i] = finalize(m.view_as(graph.valid))
+        return masks[i]
 
-    def faithfulness(value: float, full: float, empty: float) -> float:
-        return (value - empty) / (full - empty) if full != empty else 0.0
+    def twin(i: int, among) -> int | None:
+        """A prefix in `among` whose finalized circuit is the same as prefix i's (pruning can make them equal)."""
+        return next((j for j in among if j != i and torch.equal(mask(j), mask(i))), None)
 
-    sketch: dict[int, float] = {}  # prefix index -> faithfulness on the sketch prompts
-    lo, hi = 0, last
-    for r in range(rounds):
+    def faith(value: float) -> float:
+        return (value - metric_empty) / gap if gap else 0.0
+
+    measured = {0: metric_empty, last: metric_full}  # prefix index -> mean metric over all prompts
+    if last <= 1:
+        return Selection(mask(last), metric_full, 1.0, 0, 0.0, float(predicted[guess]))
+
+    # 1. sketch
+    rows, n_points = _rows_for(n_examples, sketch_passes, 8, extra=2)
+    low = max(1.0, ends[guess] / 4)
+    points = {_unit_at(ends, p) for p in torch.logspace(math.log10(low), math.log10(ends[last]), n_points).tolist()}
+    points = sorted((points | {guess}) - {0, last})
+    owner = {0: 0, last: last}  # each point -> the first point (or end) with the same circuit
+    for p in points:
+        same = twin(p, list(owner))
+        owner[p] = p if same is None else same
+    unique = [p for p in points if owner[p] == p]
+    values = _values_on(ctx, rows, torch.stack([graph.valid, torch.zeros_like(graph.valid)] + [mask(p) for p in unique]))
+    values = values.double().mean(1)
+    sub_gap = float(values[0] - values[1])
+    sketch = {0: 0.0, last: 1.0} | {p: float(v - values[1]) / sub_gap if sub_gap else 0.0
+                                    for p, v in zip(unique, values[2:], strict=True)}
+    sketch |= {p: sketch[owner[p]] for p in points}
+    sketched = sorted(sketch.items())
+    anchor = min(max(int(_crossing(sketched, target)), 1), last - 1)
+    while anchor < last - 1 and twin(anchor, [0]) is not None:  # pruned to nothing: its metric is known
+        anchor += 1
+
+    # 2. the anchor on every prompt
+    everyone = torch.arange(n_examples)
+    anchor_values = _values_on(ctx, everyone, mask(anchor)[None])[0].double()
+    measured[anchor] = float(anchor_values.mean())
+    evaluated = [anchor]  # prefixes measured on every prompt
+    reached = faith(measured[anchor]) >= target
+    noise = float(anchor_values.std()) / math.sqrt(n_examples) / abs(gap) if gap and n_examples > 1 else math.inf
+    if noise > NOISE_LIMIT:  # the metric cannot tell circuits apart on these prompts: no finer choice is possible
+        chosen = anchor if reached else last
+        return Selection(mask(chosen), measured[chosen], faith(measured[chosen]), 1,
+                         ctx.patcher.forward_passes - passes_before, float(predicted[guess]))
+
+    # 3. scan beside the anchor, paired with it prompt by prompt
+    if reached:
+        below = max([p for p, f in sketched if p < anchor and f < target], default=0)
+        lo, hi = min(below, _unit_at(ends, ends[anchor] / reach)), anchor
+    else:
+        above = min([p for p, f in sketched if p > anchor and f >= target], default=last)
+        lo = anchor
+        hi = min(max(above, _unit_at(ends, ends[anchor] * reach)), _unit_at(ends, ends[anchor] * reach * reach))
+    scan: list[int] = []
+    for p in sorted(set(torch.linspace(lo, hi, 7).round().long().tolist()[1:]) - set(measured)):
+        if twin(p, list(measured) + scan) is None:
+            scan.append(p)
+    estimate: dict[int, float] = {}
+    seen: dict[int, torch.Tensor] = {}  # prefix index -> its metric on the scan's prompts
+    scan_rows = torch.zeros(0, dtype=torch.long)
+    if scan:
+        scan_rows, n_scan = _rows_for(n_examples, scan_passes, len(scan), extra=0, min_rows=2)
+        scan = scan[::math.ceil(len(scan) / n_scan)]
+        scanned = _values_on(ctx, scan_rows, torch.stack([mask(p) for p in scan])).double()
+        for p, v in zip(scan, scanned, strict=True):
+            estimate[p] = faith(measured[anchor]) + float((v - anchor_values[scan_rows]).mean()) / gap if gap else 0.0
+            seen[p] = v
+    unseen = torch.ones(n_examples, dtype=torch.bool)
+    unseen[scan_rows] = False
+    unseen = unseen.nonzero().flatten()
+
+    # 4. confirm
+    def confirm(i: int) -> None:
+        same = twin(i, list(measured))
+        if same is not None:
+            measured[i] = measured[same]
+            return
+        evaluated.append(i)
+        if i in seen:  # the scan measured it on some prompts: the others complete it
+            rest = _values_on(ctx, unseen, mask(i)[None])[0].double() if len(unseen) else torch.zeros(0)
+            measured[i] = (float(seen[i].sum()) + float(rest.sum())) / n_examples
+        else:
+            measured[i] = float(_values_on(ctx, everyone, mask(i)[None])[0].double().mean())
+
+    def bracket() -> tuple[int, int]:
+        """(longest prefix measured failing below the shortest measured passing, that shortest passing one)."""
+        hi = min(p for p, v in measured.items() if p == last or faith(v) >= target)
+        return max(p for p, v in measured.items() if p < hi and (p == 0 or faith(v) < target)), hi
+
+    for _ in range(6):
+        lo, hi = bracket()
         if hi - lo <= 1:
             break
-        if r == 0:
-            low = max(1.0, ends[guess] / 4)  # from a quarter of the predicted size to every edge
-            points = torch.logspace(math.log10(low), math.log10(ends[hi]), grid).tolist()
-            points = [_unit_at(ends, p) for p in points] + [guess]
-        else:
-            points = torch.linspace(lo, hi, grid + 2).round().long().tolist()
-        points = sorted({p for p in points if lo < p < hi})
-        if not points:
-            break
-        values = _evaluate_on(ctx, rows, torch.stack([graph.valid, torch.zeros_like(graph.valid)] + [mask(p) for p in points]))
-        for p, v in zip(points, values[2:], strict=True):
-            sketch[p] = faithfulness(v, values[0], values[1])
-        reaching = [p for p in points if sketch[p] >= target]
-        hi = reaching[0] if reaching else hi
-        lo = max([p for p in points if p < hi], default=lo)
-
-    measured: dict[int, float] = {}
-    lo, hi, jump = 0, last, 1  # now on all prompts: lo fails (no edge), hi passes (every edge)
-    while True:
-        ahead = sorted(p for p, f in sketch.items() if lo < p < hi and f >= target)
-        candidate = ahead[min(jump, len(ahead)) - 1] if ahead else (lo + hi + 1) // 2  # else bisect the bracket
-        if candidate >= hi:
-            break
-        value = float(ctx.evaluate(mask(candidate)))
-        measured[candidate] = value
-        faith = faithfulness(value, metric_full, metric_empty)
-        if faith >= target:
-            hi = candidate
-            if ahead:
+        if hi < last:
+            spent = ctx.patcher.forward_passes - passes_before
+            if spent >= budget or ends[hi] - ends[lo] <= max(1.0, 0.05 * ends[hi]):
                 break
-        else:
-            lo, jump = candidate, 2 * jump if len(measured) >= 2 else jump
-    kept = mask(hi)
-    value = measured[hi] if hi in measured else metric_full if hi == last else float(ctx.evaluate(kept))
-    return Selection(kept, value, faithfulness(value, metric_full, metric_empty), len(measured),
+            ahead = [p for p in sorted(estimate) if lo < p < hi and estimate[p] >= target]
+            candidate = ahead[0] if ahead else _unit_at(ends, math.sqrt(max(ends[lo], 1) * ends[hi]))
+        else:  # nothing confirmed yet: step up, by 10% to 50%; twice as far once the scan has misled
+            if ctx.patcher.forward_passes - passes_before + 1 > limit:
+                break
+            misled = any(p in measured for p in estimate if estimate[p] >= target + 0.02)
+            ahead = [p for p in sorted(estimate) if p > lo and estimate[p] >= target + 0.02 and not misled]
+            ahead += [p for p, f in sketched if p > lo and f >= target]
+            candidate = min(ahead[0], _unit_at(ends, ends[lo] * 1.5)) if not misled else _unit_at(ends, ends[lo] * 2)
+            candidate = max(candidate, _unit_at(ends, ends[lo] * 1.1))
+        confirm(min(max(candidate, lo + 1), hi - 1))
+    hi = bracket()[1]
+    return Selection(mask(hi), measured[hi], faith(measured[hi]), len(evaluated),
                      ctx.patcher.forward_passes - passes_before, float(predicted[guess]))
+
+
+def _crossing(curve: list[tuple[int, float]], target: float) -> float:
+    """Where the piecewise-linear `curve` [(prefix index, faithfulness)], sorted, first reaches `target` (the
+    last index if it never does)."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
+        if y1 >= target:
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0) if y0 < target else float(x0)
+    return float(curve[-1][0])
+
+
+def _rows_for(n_examples: int, passes: float, points: int, extra: int, min_rows: int = 1) -> tuple[torch.Tensor, int]:
+    """Spread-out prompts and a number of masks (<= `points`, plus `extra`) whose evaluation on those prompts
+    costs about `passes` passes over all prompts: (rows [m], number of masks besides the extra)."""
+    m = max(min_rows, min(n_examples, round(n_examples * passes / (points + extra))))
+    points = max(1, min(points, math.floor(n_examples * passes / m) - extra))
+    return torch.linspace(0, n_examples - 1, m).round().long().unique(), points
 
 
 def _first_reaching(level: torch.Tensor, target: float, lo: int, hi: int) -> int:
@@ -147,13 +246,15 @@ def _unit_at(ends: list[int], n_edges: float) -> int:
     return min(bisect.bisect_left(ends, n_edges), len(ends) - 1)
 
 
-def _evaluate_on(ctx: SearchContext, rows: torch.Tensor, masks: torch.Tensor) -> list[float]:
-    """Mean metric of each of `masks` [C, S, R] over the examples `rows` only, in one batched pass; the pass is
-    counted on `ctx.patcher` as a share of one over all examples."""
+def _values_on(ctx: SearchContext, rows: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The metric of each of `masks` [C, S, R] on each of the examples `rows` [m], in one batched pass: [C, m].
+    The pass is counted on `ctx.patcher` as a share of one over all examples."""
+    if len(rows) == len(ctx.patcher.tokens):
+        return ctx.patcher.evaluate(masks, ctx.metric, per_example=True)
     sub = ctx.patcher.subset(rows)
-    values = sub.evaluate(masks, lambda logits, ex: ctx.metric(logits, rows.to(ex.device)[ex]))
+    values = sub.evaluate(masks, lambda logits, ex: ctx.metric(logits, rows.to(ex.device)[ex]), per_example=True)
     ctx.patcher.forward_passes += sub.forward_passes * len(rows) / len(ctx.patcher.tokens)
-    return values.tolist()
+    return values
 
 
 def until_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.9, absolute: bool = True,

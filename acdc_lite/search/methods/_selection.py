@@ -2,8 +2,9 @@
 
 A circuit is chosen from the ranking by |score| in one of three ways, exactly one of which applies: the `top_n`
 edges, the edges with |score| >= `threshold`, or (when neither is given) the smallest top-k whose faithfulness
-reaches `target_faithfulness` (default 0.9; `select.select_faithful`: a sketch on a few prompts and one confirming
-pass, not a bisection). The selection's forward passes are bookkeeping ("selection").
+reaches `target_faithfulness` (default 0.9; `select.select_faithful`: a sketch on a few prompts, one prefix measured
+on every prompt and its neighbours estimated against it, about three passes, not a bisection). The selection's
+forward passes are bookkeeping ("selection").
 """
 
 from __future__ import annotations
