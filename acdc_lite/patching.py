@@ -419,6 +419,17 @@ class EdgePatcher:
         the receiver gradients are averaged over inputs interpolated from the ablated to the clean input
         (alpha = 1/m, 2/m, ..., 1) and multiplied by the clean differences: EAP-IG's integrated gradients.
         """
+        value, grad, _ = self._gradient(metric, kept, ig_steps, record=False)
+        return value, grad
+
+    def probe(self, metric: Metric, kept: torch.Tensor, ig_steps: int = 1) -> tuple[float, torch.Tensor, Prefix | None]:
+        """`mask_gradient` at `kept` that also records its prefix (as `record_prefix(kept)` would) from the same
+        forward pass: (metric, gradient [S, R], prefix). The prefix is None when a gradient pass splits the prompts
+        into other chunks than a suffix pass does (memory budget); then record it separately."""
+        return self._gradient(metric, kept, ig_steps, record=True)
+
+    def _gradient(self, metric: Metric, kept: torch.Tensor | None, ig_steps: int,
+                  record: bool) -> tuple[float, torch.Tensor, Prefix | None]:
         g = self.graph
         kept = g.full_mask() if kept is None else kept
         removed = self.removed_weights(kept)
@@ -428,10 +439,13 @@ class EdgePatcher:
             raise ValueError(f"ig_steps must be at least 1, got {ig_steps}")
         grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
         total = 0.0
-        for idx in self._chunks(self.grad_rows):
+        chunks = self._chunks(self.grad_rows)
+        record = record and chunks == self._chunks(candidates=1)
+        recorded: dict[int, _PrefixChunk] = {}
+        for idx in chunks:
             summed: dict[int, torch.Tensor] = {}
             for step in range(1, ig_steps + 1):
-                st = self._new_pass(removed, collect=True)
+                st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
                 st.input_alpha = None if step == ig_steps else step / ig_steps
                 with torch.enable_grad():
                     logits = self._run(st, idx)
@@ -444,12 +458,14 @@ class EdgePatcher:
                     if gr is not None:
                         summed[col] = gr / ig_steps + summed.get(col, 0)
             total += float(values.detach().sum())  # the last step is the clean input
+            if record:
+                recorded[idx.start] = _PrefixChunk(deltas=st.deltas.detach(), resid_pre=st.resid_pre)
             deltas = st.deltas.detach()[0]  # [S, b*p, d]
             real = None if self.attention_mask is None else self.attention_mask[idx]
             for col, gr in summed.items():
                 width, n_before = (g.n_heads if gr.dim() == 4 else 1), g.n_senders_before(col)
                 grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr, real)
-        return total / len(self.tokens), (grad * g.valid).to(torch.float32)
+        return total / len(self.tokens), (grad * g.valid).to(torch.float32), Prefix(recorded) if record else None
 
     def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64).

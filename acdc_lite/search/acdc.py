@@ -18,8 +18,8 @@ rest of the batch is discarded. C doubles after a batch of removals (up to `batc
 last finished receiver is saved when its interval has passed and on interruption (Ctrl-C, SIGTERM);
 resuming from it repeats the same arithmetic and gives the identical circuit.
 
-With `estimates` (the hybrid's attribution), each receiver first tries to drop, in one pass, the edges
-estimated below tau (see `_remove_unlikely`); only the rest are tested one by one.
+With `start` (the hybrid), the search starts from that edge set instead of the full model and tests only
+the edges in `test`: every other edge keeps its state, untested (nodes that feed nothing still lose their inputs).
 
 Grouped-query attention: a k/v group's shared k (v) input is one receiver (`ModelGraph.receiver_slots`),
 visited with the group's first head; the edges from one sender into it (one per query head of the group)
@@ -49,7 +49,8 @@ class ACDCConfig:
     shuffle_seed: int | None = None  # None: latest sender first
     checkpoint: Checkpointer | None = None  # where and how often to save resumable state
     progress: bool = True
-    estimates: torch.Tensor | None = None  # [S, R] estimated |effect| per edge (attribution): see `_remove_unlikely`
+    start: torch.Tensor | None = None  # [S, R] bool: the edge set to start from (None: the full model)
+    test: torch.Tensor | None = None  # [S, R] bool: the edges to test (None: all); the rest keep their state untested
 
 
 def receiver_order(graph: ModelGraph) -> list[tuple[int, ...]]:
@@ -85,18 +86,26 @@ def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, slot: tuple[int, ...]
     return False
 
 
-def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
-    """ACDC on `ctx` (see module docstring). Scores: the metric drop each tested edge caused."""
+def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metric_start: float | None = None,
+        evaluate_final: bool = True) -> SearchResult:
+    """ACDC on `ctx` (see module docstring). Scores: the metric drop each tested edge caused.
+    `prefix`, `metric_start`: a prefix recorded at `config.start` and its metric, if the caller has them;
+    `evaluate_final` False: the caller measures the circuit (metric_circuit is NaN)."""
     graph, patcher = ctx.graph, ctx.patcher
     metric_full = ctx.metric_full  # bookkeeping: measured once per search (SearchContext.reference)
-    prefix = patcher.record_prefix(graph.full_mask())  # layers below the visited receiver stay full
+    start = graph.full_mask() if config.start is None else config.start.clone()
+    if prefix is None:  # layers below the visited receiver stay as in `start`
+        prefix = patcher.record_prefix(start)
+    to_test = graph.valid if config.test is None else config.test
     saved = _load_checkpoint(config.checkpoint, graph)
     if saved is not None:
         kept, scores, trajectory, done_receivers, current, floor = saved
         log.info("resuming ACDC from %s: %d receivers done", config.checkpoint.path, len(done_receivers))
     else:
-        kept, scores, trajectory, done_receivers = graph.full_mask(), torch.full(graph.valid.shape, float("nan")), [], []
-        current, floor = metric_full, 0.0  # kept is the full mask; floor: one suffix pass per tested edge
+        kept, scores, trajectory, done_receivers = start, torch.full(graph.valid.shape, float("nan")), [], []
+        if metric_start is None:
+            metric_start = metric_full if config.start is None else float(ctx.evaluate(start))
+        current, floor = metric_start, 0.0  # floor: one suffix pass per tested edge
     snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
     done = set(done_receivers)
     order = [slot for slot in receiver_order(graph) if slot[0] not in done]
@@ -106,13 +115,11 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         for slot in order:
             cols = list(slot)
             receiver, share = slot[0], 1 / len(slot)  # a tied unit's drop is shared by its edges
-            senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver]]
+            senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver] and to_test[s, receiver]]
             if not _feeds_anything(graph, kept, slot):
                 kept[:, cols] = False  # a node that feeds nothing needs no inputs
             else:
                 start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
-                if config.estimates is not None:
-                    senders, current = _remove_unlikely(ctx, kept, slot, senders, config, current, start_layer, prefix)
                 i, size = 0, 1
                 while i < len(senders):
                     chunk = senders[i:i + size]
@@ -152,31 +159,9 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig()) -> SearchResult:
         method="acdc", params={"tau": config.tau, "batch": config.batch, "shuffle_seed": config.shuffle_seed},
         kept=kept, scores=scores, trajectory=trajectory, forward_passes=patcher.forward_passes,
         backward_passes=patcher.backward_passes, seconds=ctx.seconds(), metric_full=metric_full,
-        metric_empty=ctx.metric_empty, metric_circuit=ctx.final(kept),
+        metric_empty=ctx.metric_empty, metric_circuit=ctx.final(kept) if evaluate_final else float("nan"),
         stats={"tested_edges": int((~scores.isnan()).sum()), "floor_forward_passes": floor},
     )
-
-
-def _remove_unlikely(ctx: SearchContext, kept: torch.Tensor, slot: tuple[int, ...], senders: list[int],
-                     config: ACDCConfig, current: float, start_layer: int, prefix) -> tuple[list[int], float]:
-    """Remove in one test the edges into receiver `slot` estimated to matter less than tau (a tied k/v unit's
-    estimate: the sum over its edges), if together they cost less than tau; else retry with the half of smaller
-    estimate, and so on. Edits `kept` in place; returns the senders still to be tested one by one and the metric
-    after the removal."""
-    cols = torch.tensor(slot)
-    estimate = config.estimates[:, cols].sum(dim=1)
-    unlikely = sorted((s for s in senders if estimate[s] < config.tau), key=lambda s: float(estimate[s]))
-    while unlikely:
-        candidate = kept.clone()
-        rows = torch.tensor(unlikely)[:, None]
-        candidate[rows, cols] = False
-        value = float(ctx.evaluate(candidate, start_layer=start_layer, prefix=prefix))
-        if current - value < config.tau:
-            kept[rows, cols] = False
-            gone = set(unlikely)
-            return [s for s in senders if s not in gone], value
-        unlikely = unlikely[:len(unlikely) // 2]
-    return senders, current
 
 
 def _passes(patcher) -> dict:

@@ -1,47 +1,134 @@
-"""Hybrid search: attribution decides what to test together, real patching decides, ACDC where it is close.
+"""Hybrid search: attribution estimates every edge, joint removals verified by real passes, exact ACDC in the band.
 
-1. Score every edge with EAP-IG (a few forward and backward passes): an estimate of each edge's effect.
-2. ACDC (see `acdc`), from the output backwards, with one change per receiver: the incoming edges whose
-   estimated |effect| is below tau are removed together in one patched pass if together they cost
-   less than tau; if not, the half with the smaller estimates is tried, and so on. Only the edges left
-   (those attribution says may matter, and those whose joint removal failed) are tested one by one
-   under ACDC's rule (remove if the metric drops by less than tau).
-3. Dangling edges are pruned (as in ACDC).
+1. Attribution at the full model (EAP-IG, `ig_steps`): an estimated drop of the metric per edge (a tied k/v unit:
+   the sum over its edges), signed. The same pass gives m(full).
+2. Joint removal, in rounds: every kept unit estimated to cost less than `remove_below` x tau (negative estimates
+   included, as ACDC's rule removes edges whose removal raises the metric) is removed at once, across receivers
+   and layers, with the edges that then dangle (exact: they carry no difference). One patched pass verifies the
+   block: it goes if the measured drop is at most the block's summed positive estimates plus `slack` x tau;
+   else its halves are tried (smaller |estimates| first), down to `min_block` units. Each round re-estimates at
+   the circuit the last one left (one forward + one backward pass): an estimate at the full model is wrong for
+   an edge whose context was removed.
+3. Exact ACDC, in ACDC's order (from the output backwards, suffix passes from a prefix recorded by the last
+   gradient pass), on the band: the kept units estimated below `keep_above` x tau at the last estimate. Units
+   above it are kept untested.
+4. Final check: a gradient pass at the final circuit counts the kept units estimated below tau there
+   (`stats["final_below_tau"]`): those ACDC's rule might remove if it tested them now.
 
-Every removal is verified by a real patched pass, so the circuit keeps ACDC's guarantee that each removal
-cost less than tau; joint removals are stricter than ACDC's one-by-one rule. Cost: the attribution passes,
-about one suffix pass per visited receiver, and one per edge attribution cannot rule out, instead of
-ACDC's one per edge. Scores: ACDC's measured drops where an edge was tested alone, else the EAP-IG estimate.
+What is verified, against ACDC's rule (remove an edge if the metric drops by less than tau when it alone goes):
+- an edge tested in step 3 obeys ACDC's rule exactly, in the circuit as it then was;
+- a joint removal verifies one number, the block's total drop, against its summed estimates plus slack x tau.
+  It does not verify each member: an edge whose true drop exceeds tau can go in a block whose other estimates
+  err the other way, and edges go in another order than ACDC's, so the circuit can differ from ACDC's (ACDC
+  tests late receivers while every earlier edge is present and never revisits them; the hybrid's rounds see
+  earlier removals). Every accepted drop is measured, so the circuit's metric is m(full) minus the recorded drops;
+- a unit kept untested was estimated at >= keep_above x tau at the last round's circuit, not measured.
+Cost: the attribution passes; per round one gradient pass and one forward per tried block; the band's suffix
+passes; the final check's gradient pass. Scores: ACDC's measured drops where an edge was tested alone, else the
+attribution estimate at the full model. The trajectory lists every block (predicted, measured, accepted).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+import torch
+
+from acdc_lite.graph import unit_members
 from acdc_lite.runs import Checkpointer
-from acdc_lite.search import acdc, attribution
-from acdc_lite.search.common import SearchContext, SearchResult
+from acdc_lite.search import acdc
+from acdc_lite.search.common import SearchContext, SearchResult, prune_dangling
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HybridConfig:
     tau: float = 0.01
     ig_steps: int = 5
-    batch: int = 8  # ACDC's speculative candidates per pass
+    remove_below: float = 0.5  # joint removal of units estimated below this multiple of tau
+    keep_above: float = 1.5  # units estimated at or above this multiple of tau at the last estimate are kept untested
+    rounds: int = 4  # joint-removal rounds, each estimated at the circuit the last one left
+    slack: float = 0.5  # a joint removal may cost its summed estimate plus this multiple of tau
+    min_block: int = 8  # joint removals (and the halves of a failed one) have at least this many units
+    batch: int = 8  # ACDC's speculative candidates per pass in the band
     progress: bool = True
-    checkpoint: Checkpointer | None = None  # for the ACDC phase (attribution is recomputed on resume: it is cheap)
+    checkpoint: Checkpointer | None = None  # for the band's ACDC (the cheap phases before it are recomputed on resume)
+
+
+def _passes(ctx: SearchContext) -> dict:
+    return {"forward_passes": ctx.patcher.forward_passes, "backward_passes": ctx.patcher.backward_passes}
 
 
 def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResult:
-    attr = attribution.eap_ig(ctx, config.ig_steps) if config.ig_steps > 1 else attribution.eap(ctx)
-    after_attribution = ctx.patcher.forward_passes
-    estimates = attr.scores.abs().nan_to_num(float("inf"))  # an unscored edge is never assumed unimportant
-    result = acdc.run(ctx, acdc.ACDCConfig(tau=config.tau, batch=config.batch, progress=config.progress,
-                                           estimates=estimates, checkpoint=config.checkpoint))
-    scores = attr.scores.clone()
+    graph, patcher, tau = ctx.graph, ctx.patcher, config.tau
+    kept = graph.full_mask()
+    current, grad, prefix = patcher.probe(ctx.metric, kept, ig_steps=config.ig_steps)
+    ctx.reference(full=current)
+    attribution = grad.masked_fill(~graph.valid, float("nan"))
+    trajectory: list[dict] = [{"phase": "attribution", "metric": current, **_passes(ctx)}]
+    fresh = True  # grad and prefix are of `kept`
+    for _ in range(config.rounds):
+        if not fresh:
+            current, grad, prefix = patcher.probe(ctx.metric, kept)
+            fresh = True
+        estimate = graph.unit_sum(grad)  # [S, R] a unit's estimated drop on each of its edges
+        block = kept & (estimate < config.remove_below * tau)
+        units = sorted(unit_members(graph, block), key=lambda u: abs(float(estimate[u[0][0], u[1][0]])))
+        if len(units) < config.min_block:  # too few to be worth a full pass: the band tests them
+            break
+        before = kept
+        kept, current = _remove_jointly(ctx, kept, current, units, estimate, config, trajectory)
+        if torch.equal(kept, before):
+            break
+        fresh = False
+    if not fresh:
+        current, grad, prefix = patcher.probe(ctx.metric, kept)
+    band = kept & (graph.unit_sum(grad) < config.keep_above * tau)
+    trajectory.append({"phase": "band start", "metric": current, "edges": int(kept.sum()), **_passes(ctx)})
+    result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, batch=config.batch, progress=config.progress, start=kept, test=band,
+                                           checkpoint=config.checkpoint), prefix=prefix, metric_start=current,
+                      evaluate_final=False)
+    with ctx.counted_as("final evaluation"):  # its forward pass is the final evaluation; its backward the check
+        result.metric_circuit, final_grad = patcher.mask_gradient(ctx.metric, result.kept)
+    below = result.kept & (graph.unit_sum(final_grad) < tau)
+    scores = attribution.clone()
     measured = ~result.scores.isnan()
     scores[measured] = result.scores[measured]
     result.method, result.scores = "hybrid", scores
-    result.params = {"tau": config.tau, "ig_steps": config.ig_steps, "batch": config.batch}
-    result.trajectory = [{"phase": "attribution", "forward_passes": after_attribution}] + result.trajectory
+    result.params = {"tau": tau, "ig_steps": config.ig_steps, "batch": config.batch}
+    result.trajectory = trajectory + [{"phase": "band", **step} for step in result.trajectory]
+    result.forward_passes, result.backward_passes = patcher.forward_passes, patcher.backward_passes
+    result.bookkeeping = dict(ctx.bookkeeping)
+    result.seconds = ctx.seconds()
+    result.stats = {**result.stats, "band_units": len(unit_members(graph, band)),
+                    "final_below_tau": len(unit_members(graph, below))}
     return result
+
+
+def _remove_jointly(ctx: SearchContext, kept: torch.Tensor, current: float, units: list, estimate: torch.Tensor,
+                    config: HybridConfig, trajectory: list[dict]) -> tuple[torch.Tensor, float]:
+    """Remove `units` (sender rows, receiver columns) from `kept` in verified blocks: a block goes if its measured
+    drop is at most its summed positive estimates plus slack x tau; a failed block is split in halves (smaller estimates
+    first), down to `min_block` units; smaller failed blocks stay (the band's exact ACDC decides them).
+    Returns the new mask and its metric."""
+    graph = ctx.graph
+    candidate = kept.clone()
+    for rows, cols in units:
+        candidate[rows, cols] = False
+    candidate = prune_dangling(graph, candidate)
+    predicted = sum(max(float(estimate[rows[0], cols[0]]), 0.0) for rows, cols in units)
+    value = float(ctx.evaluate(candidate))
+    allowed = predicted + config.slack * config.tau
+    accepted = current - value <= allowed
+    trajectory.append({"phase": "joint", "units": len(units), "removed": int((kept & ~candidate).sum()),
+                       "predicted": predicted, "allowed": allowed, "measured": current - value, "accepted": accepted,
+                       "metric": value if accepted else current, **_passes(ctx)})
+    if accepted:
+        return candidate, value
+    if len(units) < 2 * config.min_block:
+        return kept, current
+    half = len(units) // 2
+    kept, current = _remove_jointly(ctx, kept, current, units[:half], estimate, config, trajectory)
+    return _remove_jointly(ctx, kept, current, units[half:], estimate, config, trajectory)
