@@ -188,16 +188,20 @@ def test_hybrid_keeps_its_stated_guarantee(small_model, toy_task, tau):
     assert 0 <= res.stats["final_below_tau"] <= res.n_edges
 
 
-def test_hybrid_finds_acdcs_circuit_with_fewer_passes():
-    """Same metric and tau on the default zoo model: ACDC's circuit (measured: 13 edges, faithfulness 0.913 both)
-    at fewer forward-equivalents (forward + 2 x backward; measured 28 vs 38.5 for the search)."""
+@pytest.mark.parametrize("name,task_name", [("induction-attn-2l", "induction"), ("docstring-attn-2l", "docstring")])
+def test_hybrid_finds_acdcs_circuit(name, task_name):
+    """Same metric and tau on two zoo models: ACDC's circuit (measured: 13 and 15 edges, faithfulness 0.913 and 0.958
+    both), within the hybrid's guarantee. On 81 edges the attribution passes weigh: forward-equivalents (forward +
+    2 x backward) measured 37 vs 38.5 on induction-attn-2l and 21.5 vs 46 on docstring-attn-2l (the pass count
+    is asserted on the latter, with its margin)."""
     from acdc_lite import load_model, load_task
 
-    model = load_model("induction-attn-2l")
-    task = load_task("induction", model, n_examples=64)
+    model = load_model(name)
+    task = load_task(task_name, model, n_examples=64)
     hybrid = search(model, task, "hybrid", progress=False)
     exact_acdc = search(model, task, "acdc", metric=task.default_metric, tau=hybrid.params["tau"], progress=False)
     assert torch.equal(hybrid.kept, exact_acdc.kept)
-    assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < exact_acdc.search_forward_passes
+    if name == "docstring-attn-2l":
+        assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < 0.75 * exact_acdc.search_forward_passes
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(hybrid)
     assert not bad_accepts and not bad_rejects and abs(chain - start) < 1e-4

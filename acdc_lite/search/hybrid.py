@@ -6,12 +6,13 @@
    included, as ACDC's rule removes edges whose removal raises the metric) is removed at once, across receivers
    and layers, with the edges that then dangle (exact: they carry no difference). One patched pass verifies the
    block: it goes if the measured drop is at most the block's summed positive estimates plus `slack` x tau;
-   else its halves are tried (smaller |estimates| first), down to `min_block` units. Each round re-estimates at
-   the circuit the last one left (one forward + one backward pass): an estimate at the full model is wrong for
-   an edge whose context was removed.
+   else its halves are tried (smaller |estimates| first), down to `min_block` units (a full pass pays only for
+   a large block; fewer units go to the band's cheaper suffix passes). Each round re-estimates at the circuit
+   the last one left (one forward + one backward pass): an estimate at the full model is wrong for an edge
+   whose context was removed.
 3. Exact ACDC, in ACDC's order (from the output backwards, suffix passes from a prefix recorded by the last
-   gradient pass), on the band: the kept units estimated below `keep_above` x tau at the last estimate. Units
-   above it are kept untested.
+   gradient pass), on the band: the kept units estimated below `keep_above` x tau at the last estimate (by
+   default tau: those ACDC's rule, applied to the estimate, would remove). The others are kept untested.
 4. Final check: a gradient pass at the final circuit counts the kept units estimated below tau there
    (`stats["final_below_tau"]`): those ACDC's rule might remove if it tested them now.
 
@@ -24,8 +25,9 @@ What is verified, against ACDC's rule (remove an edge if the metric drops by les
   earlier removals). Every accepted drop is measured, so the circuit's metric is m(full) minus the recorded drops;
 - a unit kept untested was estimated at >= keep_above x tau at the last round's circuit, not measured.
 Cost: the attribution passes; per round one gradient pass and one forward per tried block; the band's suffix
-passes; the final check's gradient pass. Scores: ACDC's measured drops where an edge was tested alone, else the
-attribution estimate at the full model. The trajectory lists every block (predicted, measured, accepted).
+passes; the final check's backward pass (its forward is the final evaluation). On ~100-edge graphs that is about
+ACDC's cost; the saving grows with the graph (`benchmarks/hybrid.md`). Scores: ACDC's measured drops where an
+edge was tested alone, else the attribution estimate at the full model. The trajectory lists every block (predicted, measured, accepted).
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ class HybridConfig:
     tau: float = 0.01
     ig_steps: int = 5
     remove_below: float = 0.5  # joint removal of units estimated below this multiple of tau
-    keep_above: float = 1.5  # units estimated at or above this multiple of tau at the last estimate are kept untested
+    keep_above: float = 1.0  # units estimated at or above this multiple of tau at the last estimate are kept untested
     rounds: int = 4  # joint-removal rounds, each estimated at the circuit the last one left
     slack: float = 0.5  # a joint removal may cost its summed estimate plus this multiple of tau
-    min_block: int = 8  # joint removals (and the halves of a failed one) have at least this many units
+    min_block: int = 32  # joint removals (and the halves of a failed one) have at least this many units
     batch: int = 8  # ACDC's speculative candidates per pass in the band
     progress: bool = True
     checkpoint: Checkpointer | None = None  # for the band's ACDC (the cheap phases before it are recomputed on resume)
