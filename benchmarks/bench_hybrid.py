@@ -1,0 +1,233 @@
+"""Hybrid vs exact ACDC: forward-equivalents, seconds, faithfulness and edge Jaccard, in one run.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_hybrid.py [--cache DIR] [--out benchmarks]
+
+Rows (one process, same machine):
+- zoo models of ~100 edges (induction-attn-2l, induction-llama-gqa-2l): hybrid and ACDC, same metric and tau.
+- a 4-layer, 8-head attention-only induction model (1,281 edges) trained here with a fixed seed (cached in
+  `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau.
+- random GPT-2-shaped models (~10,000 and 32,491 edges): cost only. ACDC's cost there is extrapolated from a
+  measured prefix of its search (the first receivers from the output), scaled by edges and suffix length.
+
+Forward-equivalents: forward passes + 2 x backward passes, every pass counted (search and bookkeeping; a
+suffix pass from layer l of L counts (L - l) / L; the corrupted-activation cache is not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import tempfile
+from pathlib import Path
+
+import torch
+
+from acdc_lite import load_task, search
+from acdc_lite.graph import ModelGraph, jaccard
+from acdc_lite.models import load_model
+from acdc_lite.search import acdc, hybrid
+from acdc_lite.search.common import SearchContext
+from acdc_lite.task import Task
+from acdc_lite.zoo import train as zoo_train
+
+BIG_SEED = 0
+BIG_RECIPE = zoo_train.Recipe(
+    description="4-layer, 8-head attention-only induction model (benchmark only, not in the zoo)",
+    builder="small",
+    arch={"n_layers": 4, "n_heads": 8, "d_model": 64, "d_head": 16, "n_ctx": 48},
+    steps=3000,
+    data=zoo_train.RECIPES["induction-attn-2l"].data,
+    head_penalty=0.01,
+)
+
+
+def big_model(cache: Path):
+    """The trained 4-layer, 8-head model: loaded from `cache` if trained there before, else trained (seed
+    `BIG_SEED`, single thread) and saved there."""
+    directory = cache / "induction-attn-4l8h"
+    if not (directory / "card.json").exists():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            torch.manual_seed(BIG_SEED)
+            raw = zoo_train.build_model(BIG_RECIPE, "induction-attn-4l8h")
+            facts = zoo_train.fit(raw, BIG_RECIPE, BIG_SEED)
+        finally:
+            torch.set_num_threads(threads)
+        zoo_train.write(raw, {"training": facts, "recipe": dataclasses.asdict(BIG_RECIPE)}, directory,
+                        zoo_train.language(BIG_RECIPE))
+    return load_model(str(directory))
+
+
+ZOO = ("induction-attn-2l", "induction-llama-gqa-2l")
+N_PROMPTS = 64
+RANDOM_LAYERS = (7, 12)  # GPT-2-shaped random models: 10,536 and 32,491 edges
+RANDOM_PROMPTS, RANDOM_TOKENS = 8, 16
+COLUMNS = ("model", "graph_edges", "method", "tau", "edges", "faithfulness", "edge_jaccard_vs_acdc", "search_forward",
+           "backward", "forward_equivalents", "bookkeeping_forward", "ratio_to_acdc", "seconds", "band_units",
+           "final_below_tau", "acdc_cost")
+
+
+def feq(result) -> float:
+    """The search's forward-equivalents: forward passes + 2 x backward passes (bookkeeping apart)."""
+    return result.search_forward_passes + 2 * result.backward_passes
+
+
+def _row(name, graph, result, tau, acdc_result=None, **extra) -> dict:
+    row = {"model": name, "graph_edges": graph.n_edges(), "method": result.method, "tau": round(tau, 4),
+           "edges": result.n_edges, "faithfulness": round(result.faithfulness, 3),
+           "search_forward": round(result.search_forward_passes, 1), "backward": round(result.backward_passes, 1),
+           "forward_equivalents": round(feq(result), 1),
+           "bookkeeping_forward": round(result.bookkeeping_forward_passes, 1), "seconds": round(result.seconds, 1),
+           "band_units": result.stats.get("band_units", ""), "final_below_tau": result.stats.get("final_below_tau", ""),
+           "acdc_cost": "measured"}
+    if acdc_result is not None:
+        a, b = set(graph.edges_from_mask(result.kept)), set(graph.edges_from_mask(acdc_result.kept))
+        row["edge_jaccard_vs_acdc"] = round(jaccard(a, b), 3)
+        row["ratio_to_acdc"] = round(feq(result) / feq(acdc_result), 3)
+    return {**row, **extra}
+
+
+def compare(name: str, model, task, tau: float | None = None) -> tuple[list[dict], object]:
+    """Hybrid (default settings; `tau` None: its auto tau) and exact ACDC with the hybrid's metric and tau."""
+    graph = ModelGraph.from_model(model)
+    hybrid = search(model, task, "hybrid", tau=tau, progress=False)
+    tau = hybrid.params["tau"]
+    exact = search(model, task, "acdc", metric=task.default_metric, tau=tau, progress=False)
+    rows = [_row(name, graph, hybrid, tau, exact), _row(name, graph, exact, tau, exact)]
+    return rows, exact
+
+
+def variant(name: str, model, task, tau: float, exact, label: str, **config) -> dict:
+    """The hybrid with other `HybridConfig` settings (`config`), against the same ACDC run `exact`."""
+    ctx = SearchContext.build(model, task)
+    ctx.reference()
+    result = hybrid.run(ctx, hybrid.HybridConfig(tau=tau, progress=False, **config))
+    result.bookkeeping = dict(ctx.bookkeeping)
+    row = _row(name, ctx.graph, result, tau, exact)
+    return {**row, "method": f"hybrid ({label})"}
+
+
+def random_gpt2(n_layer: int, seed: int = 0):
+    """A random GPT-2-shaped model (12 heads, d_model 768, vocab 50257) with `n_layer` layers and a random-token
+    logit-difference task of RANDOM_PROMPTS x RANDOM_TOKENS."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = load_model(GPT2LMHeadModel(GPT2Config(n_layer=n_layer)).eval())
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = (torch.randint(0, 50257, (RANDOM_PROMPTS, RANDOM_TOKENS), generator=g) for _ in range(2))
+    answers, foils = (torch.randint(0, 50257, (RANDOM_PROMPTS, 1), generator=g) for _ in range(2))
+    return model, Task("random-logit-diff", clean, corrupt, answers, foils)
+
+
+def acdc_extrapolated(model, task, tau: float) -> tuple[float, float, int]:
+    """ACDC's search forward passes over the whole graph, extrapolated from a measured prefix of its search (the
+    edges into `logits`, the first receiver it visits): its passes per tested edge (per unit of floor, one suffix
+    pass per tested edge, where the model runs suffixes) times every edge tested once, plus the prefix-recording
+    pass. Returns (extrapolated passes, measured prefix passes, prefix edges)."""
+    ctx = SearchContext.build(model, task)
+    graph = ctx.graph
+    prefix_edges = torch.zeros_like(graph.valid)
+    prefix_edges[:, graph.logits_receiver] = graph.valid[:, graph.logits_receiver]
+    result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, test=prefix_edges, progress=False))
+    spent = result.search_forward_passes
+    if ctx.patcher.supports_start:
+        floor = result.stats["floor_forward_passes"]
+        full = sum(graph.n_senders_before(r) * (graph.n_layers - min(graph.receiver_layer(r), graph.n_layers - 1))
+                   / graph.n_layers for r in range(graph.n_receivers))
+    else:
+        floor, full = result.stats["tested_edges"], graph.n_edges()
+    return 1 + (spent - 1) / floor * full, spent, int(prefix_edges.sum())
+
+
+def cost_rows(n_layer: int) -> list[dict]:
+    model, task = random_gpt2(n_layer)
+    graph = ModelGraph.from_model(model)
+    name = f"gpt2-shaped random {n_layer}x12"
+    hybrid = search(model, task, "hybrid", progress=False)
+    tau = hybrid.params["tau"]
+    extrapolated, spent, n_prefix = acdc_extrapolated(model, task, tau)
+    rows = [_row(name, graph, hybrid, tau, ratio_to_acdc=round(feq(hybrid) / extrapolated, 4),
+                 acdc_cost=f"extrapolated from {n_prefix} edges into logits ({spent:.0f} passes)")]
+    rows.append({"model": name, "graph_edges": graph.n_edges(), "method": "acdc", "tau": round(tau, 4),
+                 "forward_equivalents": round(extrapolated), "search_forward": round(extrapolated),
+                 "acdc_cost": f"extrapolated from {n_prefix} edges into logits ({spent:.0f} passes)"})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """One line per trained graph and tau: the hybrid's (default settings) cost ratio and faithfulness difference to
+    ACDC, against the targets (ratio <= 1/20 on >= 1,000 edges, faithfulness within 0.01)."""
+    lines = []
+    for r in rows:
+        if r["method"] != "hybrid" or r.get("acdc_cost") != "measured":
+            continue
+        acdc_row = next(a for a in rows if a["model"] == r["model"] and a["method"] == "acdc" and a["tau"] == r["tau"])
+        ratio, diff = float(r["ratio_to_acdc"]), float(r["faithfulness"]) - float(acdc_row["faithfulness"])
+        target = (f"; targets: ratio <= 0.05 {'met' if ratio <= 0.05 else 'not met'}, |difference| <= 0.01 "
+                  f"{'met' if abs(diff) <= 0.01 else 'not met'}") if int(r["graph_edges"]) >= 1000 else ""
+        lines.append(f"- {r['model']}, {r['graph_edges']} edges, tau {r['tau']}: hybrid/ACDC forward-equivalents "
+                     f"{r['forward_equivalents']}/{acdc_row['forward_equivalents']} = {ratio:.3f}, faithfulness "
+                     f"{r['faithfulness']} vs {acdc_row['faithfulness']} (difference {diff:+.3f}), edge Jaccard "
+                     f"{r['edge_jaccard_vs_acdc']}{target}")
+    return lines
+
+
+def write_tables(rows: list[dict], out: Path, note: str) -> None:
+    lines = ["# Benchmark: hybrid vs exact ACDC", "", note, "", *summary(rows), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    (out / "hybrid.md").write_text("\n".join(lines) + "\n")
+    with open(out / "hybrid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in COLUMNS} for r in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "acdc-lite-bench-hybrid")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--skip-random", action="store_true", help="leave out the cost-only random models")
+    args = parser.parse_args(argv)
+    big = big_model(args.cache)
+    if args.train_only:
+        return
+    rows = []
+    for name in ZOO:
+        model = load_model(name)
+        rows += compare(name, model, load_task("induction", model, n_examples=N_PROMPTS))[0]
+    big_task = load_task("induction", big, n_examples=N_PROMPTS)
+    name = "induction-attn-4l8h (trained here)"
+    rows += compare(name, big, big_task)[0]
+    found, exact = compare(name, big, big_task, tau=0.01)
+    rows += found
+    rows.append(variant(name, big, big_task, 0.01, exact, "ig_steps 2, remove_below 1", ig_steps=2, remove_below=1.0))
+    if not args.skip_random:
+        for n_layer in RANDOM_LAYERS:
+            rows += cost_rows(n_layer)
+    note = (f"Written by `benchmarks/bench_hybrid.py` in one process ({N_PROMPTS} induction prompts on the trained "
+            f"models; random models: {RANDOM_PROMPTS} random-token prompts x {RANDOM_TOKENS}, logit difference). "
+            "Trained models: the hybrid at its defaults (auto tau: 2% of |m(full) - m(empty)|, EAP-IG 5 steps; the "
+            "4-layer model also at tau 0.01, and once with other settings of `HybridConfig`, named in the method column) "
+            "and exact ACDC with the hybrid's metric and tau. forward_equivalents: the search's forward passes + 2 x backward "
+            "passes (bookkeeping, i.e. m(full), m(empty) and the final evaluation, in bookkeeping_forward; a suffix "
+            "pass from layer l of L counts (L - l) / L); ratio_to_acdc: the hybrid's forward_equivalents over ACDC's. "
+            "edge_jaccard_vs_acdc: |hybrid & acdc| / |hybrid | acdc| over edges. band_units: units the hybrid tested "
+            "one by one; final_below_tau: kept units the gradient at the final circuit estimates below tau. "
+            "Random GPT-2-shaped models (12 heads, d_model 768; 7 and 12 layers): cost only, random weights have no "
+            "circuit to compare; ACDC's cost there is extrapolated from a measured prefix of its search (acdc_cost), "
+            "assuming it tests every edge once as on a trained model whose circuit reaches the input. "
+            f"The {BIG_RECIPE.arch['n_layers']}-layer model: {BIG_RECIPE.description}; recipe in `BIG_RECIPE`, seed "
+            f"{BIG_SEED}, {BIG_RECIPE.steps} steps.")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_tables(rows, args.out, note)
+    for r in rows:
+        print({k: r.get(k) for k in COLUMNS if r.get(k, "") != ""})
+
+
+if __name__ == "__main__":
+    main()
