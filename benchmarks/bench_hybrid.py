@@ -5,7 +5,8 @@
 Rows (one process, same machine):
 - zoo models of ~100 edges (induction-attn-2l, induction-llama-gqa-2l): hybrid and ACDC, same metric and tau.
 - a 4-layer, 8-head attention-only induction model (1,281 edges) trained here with a fixed seed (cached in
-  `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau.
+  `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau, at the default tau and at 0.01,
+  and the hybrid once more with other `HybridConfig` settings (its cost / faithfulness trade-off).
 - random GPT-2-shaped models (~10,000 and 32,491 edges): cost only. ACDC's cost there is extrapolated from a
   measured prefix of its search (the first receivers from the output), scaled by edges and suffix length.
 
