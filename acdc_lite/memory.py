@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from acdc_lite.boundary import UsageError
 from acdc_lite.patching import DEFAULT_MEMORY_MB, chunk_rows
+from acdc_lite.search.methods import get
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
          "tib": 2**40}
@@ -59,11 +60,6 @@ SAVED_PER_LAYER = {
     "bridge": {"bphd": 9.0, "bpd": 10.5, "bpf": 5.0, "bhpp": 2.0},  # TransformerBridge (GPT-2: 6 bphd, Llama: 9)
     "small": {"bphd": 4.0, "bpd": 8.0, "bpf": 3.0, "bhpp": 2.0},  # SmallTransformer
 }
-# How the methods evaluate masks (facts of their implementations, not options): candidate masks per patched pass
-# (ACDC's speculative batches, exact's and head pruning's batches), and which keep a recorded prefix (every chunk's
-# sender differences and residuals, for suffix passes). Whether a method takes gradients comes from its MethodSpec.
-CANDIDATES = {"acdc": 8, "hybrid": 8, "exact": 16, "head-pruning": 16}
-PREFIXED = ("acdc", "hybrid", "exact")
 
 
 @dataclass(frozen=True)
@@ -198,19 +194,20 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
     whole = chunk(b)  # the ablated cache is built batch_size prompts at a time
     phases = {"ablated cache": {"ablated outputs": cache, "one layer's activations": layer_forward(whole),
                                 "logits": 2 * whole["logits"] * f}}
-    c = CANDIDATES.get(method, 1)
+    spec = get(method)  # how the method evaluates masks: candidates per pass, a recorded prefix, gradients
+    c = spec.candidates
     t = chunk(max(1, min(b, eval_rows // c)))
-    prefix = n * p * (s.n_senders + s.n_layers) * s.d_model * f if method in PREFIXED else 0
+    prefix = n * p * (s.n_senders + s.n_layers) * s.d_model * f if spec.prefixed else 0
     phases["patched passes"] = {"ablated outputs": cache, "prefix": prefix, "sender differences": c * t["deltas"] * f,
                                 "logits": 3 * c * t["logits"] * f, "corrections": 2 * c * 3 * t["bphd"] * f,
                                 "one layer's activations": c * layer_forward(t),
                                 "offloaded layer being read": offloaded // max(1, s.n_layers)}
-    if _takes_gradients(method):
+    if spec.gradient:
         g = chunk(grad_rows)
         k = SAVED_PER_LAYER[s.family]
         saved = s.n_layers * sum(k[key] * g[key] for key in ("bphd", "bpd", "bpf", "bhpp")) * f
         receiver_grads = (s.n_layers * 3 * g["bphd"] + (s.n_layers + 1) * g["bpd"]) * f
-        steps = ig_steps if method in ("eap-ig", "hybrid") else 1
+        steps = ig_steps if "ig_steps" in spec.option_names() else 1
         held = receiver_grads if steps > 1 else 0  # the running sum over integration steps
         phases["gradient pass"] = {"ablated outputs": cache, "sender differences": g["deltas"] * f, "saved activations": saved,
                                    "logits": 3 * g["logits"] * f, "summed gradients": held, "offloaded weights read": offloaded}
@@ -218,11 +215,6 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
                                "receiver gradients": 2 * receiver_grads + held}
     return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})
 
-
-def _takes_gradients(method: str) -> bool:
-    from acdc_lite.search.methods import get
-
-    return get(method).gradient
 
 
 def fit(shape: Shape, method: str, n_examples: int, seq_len: int, batch_size: int, limit: int, *, ig_steps: int = 5,

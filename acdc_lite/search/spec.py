@@ -45,6 +45,9 @@ class MethodSpec:
     flat at the clean model (KL, l2 on tracr) scores every edge 0.
     default_metric: the metric when none is given (None: the task's own). tau_share: for a method with a `tau`
     option, the auto tau on a task metric as a share of |m(full) - m(empty)| (on KL it is 0.01 nats).
+    candidates: edge sets one patched pass evaluates at once (ACDC's speculative batch, exact's and head pruning's
+    batches); prefixed: it keeps a recorded prefix (every chunk's sender differences and residuals) for suffix
+    passes. The run function passes `candidates` to the algorithm and the memory plan reads both.
     """
 
     name: str
@@ -58,6 +61,8 @@ class MethodSpec:
     checkpointable: bool = False
     default_metric: str | None = None
     tau_share: float | None = None
+    candidates: int = 1
+    prefixed: bool = False
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self.options))

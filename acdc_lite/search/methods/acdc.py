@@ -20,9 +20,9 @@ class ACDCOptions:
 def run(ctx, options: ACDCOptions, runtime: Runtime):
     from acdc_lite.search import acdc
 
-    return acdc.run(ctx, acdc.ACDCConfig(tau=options.tau, shuffle_seed=options.shuffle_seed, progress=runtime.progress,
-                                         checkpoint=runtime.checkpoint))
+    return acdc.run(ctx, acdc.ACDCConfig(tau=options.tau, shuffle_seed=options.shuffle_seed, batch=SPEC.candidates,
+                                         progress=runtime.progress, checkpoint=runtime.checkpoint))
 
 
 SPEC = MethodSpec("acdc", "exact ACDC edge pruning with threshold tau (KL to the clean model by default)", ACDCOptions,
-                  run, checkpointable=True, default_metric="kl", tau_share=0.02)
+                  run, checkpointable=True, default_metric="kl", tau_share=0.02, candidates=8, prefixed=True)

@@ -16,9 +16,9 @@ class ExactOptions(SelectionOptions):
 def run(ctx, options: ExactOptions, runtime: Runtime):
     from acdc_lite.search import attribution
 
-    scores = attribution.exact(ctx, progress=runtime.progress, checkpoint=runtime.checkpoint)
+    scores = attribution.exact(ctx, batch=SPEC.candidates, progress=runtime.progress, checkpoint=runtime.checkpoint)
     return select_circuit(ctx, "exact", scores, options)
 
 
 SPEC = MethodSpec("exact", "true single-edge removal effects, then selected like eap", ExactOptions, run,
-                  checkpointable=True)
+                  checkpointable=True, candidates=16, prefixed=True)

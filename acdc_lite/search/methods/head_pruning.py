@@ -20,8 +20,9 @@ def run(ctx, options: HeadPruningOptions, runtime: Runtime):
     from acdc_lite.search import head_pruning
 
     return head_pruning.run(ctx, head_pruning.HeadPruningConfig(tau=options.tau, include_mlps=options.include_mlps,
-                                                                progress=runtime.progress, checkpoint=runtime.checkpoint))
+                                                                batch=SPEC.candidates, progress=runtime.progress,
+                                                                checkpoint=runtime.checkpoint))
 
 
 SPEC = MethodSpec("head-pruning", "iterative node pruning, exact effects re-estimated as nodes go", HeadPruningOptions,
-                  run, level=Level.NODE, checkpointable=True, tau_share=0.05)
+                  run, level=Level.NODE, checkpointable=True, tau_share=0.05, candidates=16)

@@ -20,9 +20,9 @@ class HybridOptions:
 def run(ctx, options: HybridOptions, runtime: Runtime):
     from acdc_lite.search import hybrid
 
-    return hybrid.run(ctx, hybrid.HybridConfig(tau=options.tau, ig_steps=options.ig_steps, progress=runtime.progress,
-                                               checkpoint=runtime.checkpoint))
+    return hybrid.run(ctx, hybrid.HybridConfig(tau=options.tau, ig_steps=options.ig_steps, batch=SPEC.candidates,
+                                               progress=runtime.progress, checkpoint=runtime.checkpoint))
 
 
 SPEC = MethodSpec("hybrid", "attribution-ordered block removal with bisection, then an ACDC sweep at the boundary",
-                  HybridOptions, run, gradient=True, checkpointable=True, tau_share=0.02)
+                  HybridOptions, run, gradient=True, checkpointable=True, tau_share=0.02, candidates=8, prefixed=True)
