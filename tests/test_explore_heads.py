@@ -26,7 +26,10 @@ CARD_TASKS = {"induction-attn-2l": "induction", "induction-gpt2-2l": "induction"
 
 
 def card_roles(name: str) -> dict[str, str]:
-    return {row["head"]: row["class"] for row in zoo.card(name)["ground_truth"]}
+    """Head roles of a card: "head" entries on attention-class cards, "node" on cards measured by patching (whose
+    MLPs and unclassified heads have no detector)."""
+    return {row.get("node", row.get("head")): row["class"] for row in zoo.card(name)["ground_truth"]
+            if row["class"] not in ("mlp", "unclassified")}
 
 
 # ---- detectors on hand-made attention patterns --------------------------------------------------
@@ -220,5 +223,5 @@ def test_card_direct_logit_attribution_is_reproduced():
 
 
 def test_detector_registry_names_match_card_classes():
-    classes = {row["class"] for name in CARD_TASKS for row in zoo.card(name)["ground_truth"]}
+    classes = {cls for name in CARD_TASKS for cls in card_roles(name).values()}
     assert classes <= set(DETECTORS)

@@ -124,7 +124,7 @@ def test_explore_folders_hold_figures_tables_and_an_index(tmp_path):
     names = {p.name for p in written}
     assert {"heads.csv", "heads.png", "heads.svg", "roles.json", "index.md"} <= names
     roles = json.loads((tmp_path / "heads" / "roles.json").read_text())["roles"]
-    assert roles == {"a0.h2": "s-inhibition", "a1.h0": "name-mover", "a1.h1": "name-mover"}
+    assert roles == {"a0.h2": "s-inhibition", "a1.h0": "name-mover", "a1.h1": "name-mover", "a1.h3": "s-inhibition"}
     for head in roles:
         assert f"attention_{head}.png" in names
     index = json.loads((tmp_path / "heads" / "index.json").read_text())

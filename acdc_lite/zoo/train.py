@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acdc_lite.graph import Node
 from acdc_lite.models import load_model, model_info
 from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
 from acdc_lite.zoo import ZOO_DIR, measure
@@ -123,13 +124,18 @@ RECIPES: dict[str, Recipe] = {
         description="Attention-only 2-layer transformer (learned positions, no LayerNorm) trained on a word-level IOI "
                     "language built from tasks/ioi.py's names, places, objects and templates; the built-in ioi task "
                     "runs on its vocabulary. Seed 0, as measured: a layer-0 head attends from END to S2 (carries the "
-                    "subject), lowers the S logit directly and steers two layer-1 name movers (END -> IO) away from S1; "
-                    "see ground_truth and measurement.",
+                    "subject) and steers two layer-1 name movers (END -> IO) away from S1; a layer-1 head attends from "
+                    "END to S2 and writes against the S logit directly; see ground_truth and measurement.",
         builder="small",
         arch={"n_layers": 2, "n_heads": 4, "d_model": 64, "d_head": 16, "n_ctx": 24},
         steps=3000,
         data=IOIRecipe(),
         seq_len=24,
+        # Without a head penalty four heads outside the card carried 8-16% of the logit difference each;
+        # 0.01 left two heads at 4-6% (the node circuit only 88% faithful); 0.02 and 0.03 gave up the name movers
+        # for one layer-1 head that suppresses S (END -> S2); 0.015 keeps name movers and silences the rest (<= 9%).
+        head_penalty=0.015,
+        card_circuit=True,
     ),
     "greater-than-gpt2-2l": Recipe(
         description="2-layer GPT-2-architecture model (GPT2LMHeadModel, untied unembedding) trained on a word-level "
@@ -411,9 +417,11 @@ def measure_ioi_card(model: nn.Module) -> dict:
     joint = {k: round(measure.joint_ablation_effect(model, task, v), 3) for k, v in groups.items() if v}
     dla = measure.ioi_direct_logit_attribution(model, task)
     composition = {}
-    if groups.get("s-inhibition") and groups.get("name-mover"):
-        ablated = measure.ioi_attention_scores(model, task, ablate=groups["s-inhibition"])
-        composition = {"ablated": groups["s-inhibition"], "name_movers": {}}
+    first_mover = min((Node.parse(h).layer for h in groups.get("name-mover", [])), default=0)
+    steering = [h for h in groups.get("s-inhibition", []) if Node.parse(h).layer < first_mover]  # earlier layers only
+    if steering:
+        ablated = measure.ioi_attention_scores(model, task, ablate=steering)
+        composition = {"ablated": steering, "name_movers": {}}
         for h in groups["name-mover"]:
             layer, head = int(h[1:h.index(".")]), int(h[h.index(".h") + 2:])
             composition["name_movers"][h] = {k: [round(float(scores[k][layer, head]), 3), round(float(ablated[k][layer, head]), 3)]
@@ -436,7 +444,7 @@ def measure_ioi_card(model: nn.Module) -> dict:
             "ablation_effects": _rounded(effects),
             "joint_ablation_effects": joint,
             "composition": composition,
-            "composition_means": "name movers' attention [intact, with the s-inhibition heads resample-ablated]",
+            "composition_means": "name movers' attention [intact, with the s-inhibition heads of earlier layers resample-ablated]",
             **({"direct_logit_attribution": _rounded(dla),
                 "direct_logit_attribution_means": "mean over clean prompts of each head's output at END dotted with "
                                                   "W_U[IO] - W_U[S] (the model has no final normalisation, so this is "
