@@ -53,11 +53,15 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on e
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+# every character str.splitlines breaks at, shown escaped: a name the user gave (a config key "\r") keeps the error one line
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def _fail(error: BaseException, code: int = 1) -> None:
     """One clear line on stderr and the exit code (2: usage, 1: the rest); a traceback only with --debug."""
     if STATE["debug"]:
         raise error
-    typer.echo(f"error: {error}", err=True)
+    typer.echo(f"error: {str(error).translate(_LINE_BREAKS)}", err=True)
     raise typer.Exit(code)
 
 

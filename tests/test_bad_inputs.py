@@ -381,6 +381,15 @@ def test_random_config_files_fail_in_one_line(tmp_path_factory, values):
     assert "internal error" not in lines[0] and not (d / "out").exists()
 
 
+@pytest.mark.parametrize("key", ["\r", "a\nb", "x\u2028"])
+def test_a_config_key_with_a_line_break_still_fails_in_one_line(tmp_path, key):
+    """Found by the fuzz test above: the unknown key is named in the error, escaped."""
+    res = run("discover", "--config", _write(tmp_path / "c.json", {key: 1}), "--out", tmp_path / "out", "--quiet")
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert repr(key)[1:-1] in lines[0] and not (tmp_path / "out").exists()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(path=st.lists(st.sampled_from(["model", "edges", "n_heads", "n_layers", "has_mlp", "scores", "task", "name"]),
                      min_size=1, max_size=2), value=JSON)
