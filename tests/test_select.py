@@ -132,6 +132,17 @@ def test_selection_is_near_the_smallest_on_a_fresh_model(arch):
     assert chosen.forward_passes <= 5.0  # the limit
 
 
+def _chosen_and_smallest(name: str, method: str):
+    """Zoo model `name` on its card's task, 64 prompts: (the selection from `method`'s scores, the smallest prefix
+    of them reaching 0.9, found by evaluating every prefix)."""
+    model = load_model(name)
+    task = load_task(zoo.card(name)["task"]["name"], model, n_examples=64, seed=0)
+    ctx = SearchContext.build(model, task, task.default_metric)
+    full, empty = float(ctx.evaluate(ctx.graph.full_mask())), ctx.metric_empty
+    scores = search(model, task, method, top_n=1, progress=False).scores
+    return _select(ctx, scores, full, empty), _smallest_reaching(ctx, scores, 0.9, full, empty)
+
+
 @pytest.mark.parametrize("name, method, edges", [
     ("ioi-attn-2l", "eap", 12),
     pytest.param("induction-llama-gqa-2l", "eap", 51, marks=pytest.mark.slow),
@@ -140,13 +151,7 @@ def test_selection_is_near_the_smallest_on_a_fresh_model(arch):
 def test_selection_is_the_smallest_on_zoo_models(name, method, edges):
     """64 prompts: the chosen prefix is the smallest one reaching 0.9, found by evaluating every prefix, for two
     to three passes."""
-    model = load_model(name)
-    task = load_task(zoo.card(name)["task"]["name"], model, n_examples=64, seed=0)
-    ctx = SearchContext.build(model, task, task.default_metric)
-    full, empty = float(ctx.evaluate(ctx.graph.full_mask())), ctx.metric_empty
-    scores = search(model, task, method, top_n=1, progress=False).scores
-    smallest = _smallest_reaching(ctx, scores, 0.9, full, empty)
-    chosen = _select(ctx, scores, full, empty)
+    chosen, smallest = _chosen_and_smallest(name, method)
     assert int(chosen.kept.sum()) == smallest == edges
     assert chosen.faithfulness >= 0.9 and 2.0 <= chosen.forward_passes <= 3.0
 
@@ -157,13 +162,7 @@ def test_selection_is_near_the_smallest_on_every_zoo_model(method):
     """Every zoo model, 64 prompts: within 25% (or 3 edges) of the brute-force smallest prefix reaching 0.9, for
     at most 5 passes (most choices cost 2.7-3; measured: within 10% on all but 3 of 24 model x method rows)."""
     for name in zoo.names():
-        model = load_model(name)
-        task = load_task(zoo.card(name)["task"]["name"], model, n_examples=64, seed=0)
-        ctx = SearchContext.build(model, task, task.default_metric)
-        full, empty = float(ctx.evaluate(ctx.graph.full_mask())), ctx.metric_empty
-        scores = search(model, task, method, top_n=1, progress=False).scores
-        smallest = _smallest_reaching(ctx, scores, 0.9, full, empty)
-        chosen = _select(ctx, scores, full, empty)
+        chosen, smallest = _chosen_and_smallest(name, method)
         assert chosen.faithfulness >= 0.9, name
         # measured overshoot: on docstring-attn-2l (head penalty 0.035) eap chooses 20 and eap-ig 19 edges (0.99
         # faithful) where 14 reach 0.9 -- the scan does not step back far enough there
