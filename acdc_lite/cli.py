@@ -197,8 +197,9 @@ def discover(
         c = result.circuit
         typer.echo(f"{c.method['name']} on {c.model.name} / {c.task.get('name')}: {len(c.edges)} edges, {len(c.nodes)} nodes, "
                    f"faithfulness {_number(c.metrics['faithfulness'])} on {c.method['metric']} ({c.ablation} ablation), "
-                   f"{c.cost['seconds']:.1f} s, {c.cost['search_forward_passes']:.0f} forward passes "
-                   f"(+ {c.cost['bookkeeping_forward_passes']:.0f} bookkeeping)")
+                   f"{c.cost['seconds']:.1f} s, {c.cost['search_forward_passes']:.0f} forward passes"
+                   + (f" and {c.cost['backward_passes']:.0f} backward" if c.cost.get("backward_passes") else "")
+                   + f" (+ {c.cost['bookkeeping_forward_passes']:.0f} bookkeeping)")
         if result.svg_problem:
             typer.echo(f"note: no SVG written ({result.svg_problem})", err=True)
         typer.echo(f"wrote {out}/: circuit.json, {'circuit.svg, ' if result.svg else ''}config.json, run.json")
