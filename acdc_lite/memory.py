@@ -210,7 +210,8 @@ def estimate(shape: Shape, method: str, n_examples: int, seq_len: int, batch_siz
         steps = ig_steps if "ig_steps" in spec.option_names() else 1
         held = receiver_grads if steps > 1 else 0  # the running sum over integration steps
         phases["gradient pass"] = {"ablated outputs": cache, "sender differences": g["deltas"] * f, "saved activations": saved,
-                                   "logits": 3 * g["logits"] * f, "summed gradients": held, "offloaded weights read": offloaded}
+                                   "logits": 3 * g["logits"] * f, "summed gradients": held, "offloaded weights read": offloaded,
+                                   "prefix": prefix}  # a prefixed gradient method (hybrid) records one in this pass
         phases["gradients"] = {"ablated outputs": cache, "sender differences": g["deltas"] * f,
                                "receiver gradients": 2 * receiver_grads + held}
     return MemoryPlan(method, n, p, b, int(baseline), {k: {kk: int(vv) for kk, vv in v.items()} for k, v in phases.items()})

@@ -50,6 +50,17 @@ def test_estimate_scales_with_the_batch_and_keeps_the_cache():
     assert estimate(GPT2_SMALL, "eap", 32, 16, 8, baseline=10**9, memory_mb=NO_BUDGET).peak == large.peak + 10**9
 
 
+def test_a_prefixed_method_holds_its_prefix_where_it_records_one():
+    """ACDC and exact keep a recorded prefix through their patched passes; the hybrid also records one in its
+    gradient passes (`EdgePatcher.probe`); eap records none."""
+    prefix = 32 * 16 * (1 + 12 * 13 + 12) * 768 * 4  # every chunk's sender differences and residuals, float32
+    plans = {m: estimate(GPT2_SMALL, m, 32, 16, 8) for m in ("acdc", "hybrid", "eap")}
+    assert plans["acdc"].phases["patched passes"]["prefix"] == plans["hybrid"].phases["patched passes"]["prefix"] == prefix
+    assert plans["hybrid"].phases["gradient pass"]["prefix"] == prefix
+    assert plans["eap"].phases["gradient pass"]["prefix"] == plans["eap"].phases["patched passes"]["prefix"] == 0
+    assert "gradient pass" not in plans["acdc"].phases
+
+
 def test_estimate_chunks_as_the_patcher_does():
     from acdc_lite.patching import chunk_rows
 
