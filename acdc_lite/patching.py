@@ -200,6 +200,10 @@ class EdgePatcher:
         return EdgePatcher(self.model, self.graph, self.tokens[rows], ablated, self.batch_size, mask, self.memory_mb)
 
     # ---- masks ----------------------------------------------------------------------------
+    def passes(self) -> dict[str, float]:
+        """The passes spent so far: {"forward_passes", "backward_passes"} (units of one pass over all examples)."""
+        return {"forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
+
     def removed_weights(self, kept: torch.Tensor) -> torch.Tensor:
         """kept [S, R] or [C, S, R] (bool or float) -> removed [C, S, R] float, zero outside valid edges."""
         if kept.shape[-2:] != self.graph.valid.shape:

@@ -146,10 +146,10 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
             if config.checkpoint is not None:
                 snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
                 if config.checkpoint.due():
-                    config.checkpoint.save("acdc", {**snapshot, **_passes(patcher)})
+                    config.checkpoint.save("acdc", {**snapshot, **patcher.passes()})
     except KeyboardInterrupt:
         if config.checkpoint is not None:  # the state as of the last finished receiver
-            config.checkpoint.save("acdc", {**snapshot, **_passes(patcher)})
+            config.checkpoint.save("acdc", {**snapshot, **patcher.passes()})
             log.warning("interrupted: ACDC state saved to %s; resume with the same arguments", config.checkpoint.path)
         raise
     finally:
@@ -162,10 +162,6 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
         metric_empty=ctx.metric_empty, metric_circuit=ctx.final(kept) if evaluate_final else float("nan"),
         stats={"tested_edges": int((~scores.isnan()).sum()), "floor_forward_passes": floor},
     )
-
-
-def _passes(patcher) -> dict:
-    return {"forward_passes": patcher.forward_passes, "backward_passes": patcher.backward_passes}
 
 
 def _snapshot(graph: ModelGraph, kept, scores, trajectory, done, current: float, floor: float) -> dict:

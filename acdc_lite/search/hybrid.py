@@ -59,17 +59,13 @@ class HybridConfig:
     checkpoint: Checkpointer | None = None  # for the band's ACDC (the cheap phases before it are recomputed on resume)
 
 
-def _passes(ctx: SearchContext) -> dict:
-    return {"forward_passes": ctx.patcher.forward_passes, "backward_passes": ctx.patcher.backward_passes}
-
-
 def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResult:
     graph, patcher, tau = ctx.graph, ctx.patcher, config.tau
     kept = graph.full_mask()
     current, grad, prefix = patcher.probe(ctx.metric, kept, ig_steps=config.ig_steps)
     ctx.reference(full=current)
     attribution = grad.masked_fill(~graph.valid, float("nan"))
-    trajectory: list[dict] = [{"phase": "attribution", "metric": current, **_passes(ctx)}]
+    trajectory: list[dict] = [{"phase": "attribution", "metric": current, **ctx.patcher.passes()}]
     fresh = True  # grad and prefix are of `kept`
     for _ in range(config.rounds):
         if not fresh:
@@ -88,7 +84,7 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     if not fresh:
         current, grad, prefix = patcher.probe(ctx.metric, kept)
     band = kept & (graph.unit_sum(grad) < config.keep_above * tau)
-    trajectory.append({"phase": "band start", "metric": current, "edges": int(kept.sum()), **_passes(ctx)})
+    trajectory.append({"phase": "band start", "metric": current, "edges": int(kept.sum()), **ctx.patcher.passes()})
     result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, batch=config.batch, progress=config.progress, start=kept, test=band,
                                            checkpoint=config.checkpoint), prefix=prefix, metric_start=current,
                       evaluate_final=False)
@@ -126,7 +122,7 @@ def _remove_jointly(ctx: SearchContext, kept: torch.Tensor, current: float, unit
     accepted = current - value <= allowed
     trajectory.append({"phase": "joint", "units": len(units), "removed": int((kept & ~candidate).sum()),
                        "predicted": predicted, "allowed": allowed, "measured": current - value, "accepted": accepted,
-                       "metric": value if accepted else current, **_passes(ctx)})
+                       "metric": value if accepted else current, **ctx.patcher.passes()})
     if accepted:
         return candidate, value
     if len(units) < 2 * config.min_block:

@@ -446,8 +446,9 @@ def measure_ioi_card(model: nn.Module) -> dict:
         ablated = measure.ioi_attention_scores(model, task, ablate=steering)
         composition = {"ablated": steering, "name_movers": {}}
         for h in groups["name-mover"]:
-            layer, head = int(h[1:h.index(".")]), int(h[h.index(".h") + 2:])
-            composition["name_movers"][h] = {k: [round(float(scores[k][layer, head]), 3), round(float(ablated[k][layer, head]), 3)]
+            node = Node.parse(h)
+            at = (node.layer, node.head)
+            composition["name_movers"][h] = {k: [round(float(scores[k][at]), 3), round(float(ablated[k][at]), 3)]
                                              for k in ("end_to_io", "end_to_s1", "end_to_s2")}
     return {
         "task": {"name": "ioi", **CARD_IOI_TASK, **{k: round(v, 3) for k, v in measure.task_metrics(model, task).items()}},
