@@ -105,7 +105,10 @@ class Circuit:
 
     def __post_init__(self):
         graph = self.model.graph()
+        known = graph.edge_name_set  # canonical names; any other spelling is parsed
         for name in list(self.edges) + list(self.scores or {}):
+            if name in known:
+                continue
             try:
                 graph.edge_index(name)
             except ValueError as e:
@@ -121,12 +124,12 @@ class Circuit:
                   keep_all_scores: bool = True, **kwargs) -> Circuit:
         """From a [S, R] membership mask (and optional [S, R] scores) over `model_ref.graph()`."""
         graph = model_ref.graph()
-        kept = graph.edges_from_mask(mask)
-        score_of = (lambda e: float(scores[graph.edge_index(e)])) if scores is not None else (lambda e: 1.0)
-        all_scores = None
-        if scores is not None and keep_all_scores:
-            all_scores = {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges}
-        return cls(model=model_ref, edges={str(e): score_of(e) for e in kept}, scores=all_scores, **kwargs)
+        names = graph.edge_names  # row-major over the valid edges, as mask[valid] and scores[valid] are
+        kept = (mask.bool() & graph.valid)[graph.valid].tolist()
+        values = scores[graph.valid].tolist() if scores is not None else [1.0] * len(names)
+        edges = {name: value for name, value, keep in zip(names, values, kept, strict=True) if keep}
+        all_scores = dict(zip(names, values, strict=True)) if scores is not None and keep_all_scores else None
+        return cls(model=model_ref, edges=edges, scores=all_scores, **kwargs)
 
     # ---- views --------------------------------------------------------------------------
     @property

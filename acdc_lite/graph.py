@@ -264,6 +264,18 @@ class ModelGraph:
         return tuple(out)
 
     @cached_property
+    def edge_names(self) -> tuple[str, ...]:
+        """`str(edge)` of every edge, in the order of `edges` (built from node names, not edge by edge)."""
+        senders = [str(n) for n in self.senders]
+        arrows = [f"->{dst}<{port.value}>" if dst.kind is NodeKind.HEAD else f"->{dst}" for dst, port in self.receivers]
+        return tuple(senders[s] + arrows[r] for s, r in self.valid.nonzero().tolist())
+
+    @cached_property
+    def edge_name_set(self) -> frozenset[str]:
+        """The canonical names of every edge (other spellings, e.g. a0.h01, still parse with `edge_index`)."""
+        return frozenset(self.edge_names)
+
+    @cached_property
     def _sender_index(self) -> dict[Node, int]:
         return {n: i for i, n in enumerate(self.senders)}
 

@@ -146,3 +146,36 @@ def test_notebook_svg(small_model):
         return
     svg = c._repr_svg_()
     assert "<svg" in svg and "</svg>" in svg
+
+
+@pytest.mark.parametrize("shape", [(2, 3, True, False, None), (3, 4, True, True, 2), (2, 2, False, False, 1)])
+def test_from_mask_matches_the_edge_by_edge_construction(shape):
+    """The vectorised from_mask (names and scores read off the valid mask in one go) gives exactly what the former
+    per-edge path gave: edge names from `edges_from_mask`, each score looked up with `edge_index`."""
+    n_layers, n_heads, has_mlp, parallel, n_kv = shape
+    ref = ModelRef("toy", "toy", n_layers, n_heads, has_mlp, parallel, "f", 8, n_kv_heads=n_kv)
+    graph = ref.graph()
+    assert graph.edge_names == tuple(str(e) for e in graph.edges)
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(graph.valid.shape, generator=g)
+    scores[0, 0] = float("nan")  # not measured: stored as None on both paths
+    mask = scores > 0.3
+    c = Circuit.from_mask(ref, mask, scores)
+    old_edges = {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges_from_mask(mask)}
+    old_scores = {str(e): float(scores[graph.edge_index(e)]) for e in graph.edges}
+    old = Circuit(model=ref, edges=old_edges, scores=old_scores)
+    assert c.to_json() == old.to_json()
+    assert list(c.edges) == list(old.edges) and list(c.scores) == list(old.scores)
+    assert torch.equal(c.mask(), (mask & graph.valid))
+    unscored = Circuit.from_mask(ref, mask, keep_all_scores=True)
+    assert unscored.scores is None and set(unscored.edges) == set(old_edges) and set(unscored.edges.values()) == {1.0}
+    assert Circuit.from_mask(ref, mask, scores, keep_all_scores=False).scores is None
+
+
+def test_circuit_edge_names_checked_by_set_and_by_parsing():
+    ref = ModelRef("toy", "toy", 2, 2, True, False, "f", 8)
+    assert Circuit(model=ref, edges={"a0.h01->m1": 0.5}).edges == {"a0.h01->m1": 0.5}  # another spelling still parses
+    with pytest.raises(CircuitError, match=r"'a1.h0->a0.h0<q>' does not exist"):
+        Circuit(model=ref, edges={"input->m0": 1.0, "a1.h0->a0.h0<q>": 0.5})
+    with pytest.raises(CircuitError, match=r"'bogus' does not exist"):
+        Circuit(model=ref, edges={}, scores={"bogus": 1.0})
