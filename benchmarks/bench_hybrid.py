@@ -4,9 +4,9 @@
 
 Rows (one process, same machine):
 - zoo models of ~100 edges (induction-attn-2l, induction-llama-gqa-2l): hybrid and ACDC, same metric and tau.
-- a 4-layer, 8-head attention-only induction model (1,281 edges) trained here with a fixed seed (cached in
-  `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau, at the default tau and at 0.01,
-  and the hybrid once more with other `HybridConfig` settings (its cost / faithfulness trade-off).
+- 4- and 6-layer, 8-head attention-only induction models (1,281 and 3,073 edges) trained here with a fixed seed
+  (cached in `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau, at the default tau and at
+  0.01; on the 4-layer one the hybrid also with other `HybridConfig` settings (its cost / faithfulness trade-off).
 - random GPT-2-shaped models (~10,000 and 32,491 edges): cost only. ACDC's cost there is extrapolated from a
   measured prefix of its search (the first receivers from the output), scaled by edges and suffix length.
 
@@ -33,35 +33,45 @@ from acdc_lite.task import Task
 from acdc_lite.zoo import train as zoo_train
 
 BIG_SEED = 0
-BIG_RECIPE = zoo_train.Recipe(
-    description="4-layer, 8-head attention-only induction model (benchmark only, not in the zoo)",
-    builder="small",
-    arch={"n_layers": 4, "n_heads": 8, "d_model": 64, "d_head": 16, "n_ctx": 48},
-    steps=3000,
-    data=zoo_train.RECIPES["induction-attn-2l"].data,
-    head_penalty=0.01,
-)
+_BIG_DATA = zoo_train.RECIPES["induction-attn-2l"].data
+# trained here, never shipped in the zoo: graphs of >= 1,000 edges with a non-trivial circuit
+BIG_RECIPES = {
+    "induction-attn-4l8h": zoo_train.Recipe(
+        description="4-layer, 8-head attention-only induction model (benchmark only, not in the zoo)",
+        builder="small", arch={"n_layers": 4, "n_heads": 8, "d_model": 64, "d_head": 16, "n_ctx": 48},
+        steps=3000, data=_BIG_DATA, head_penalty=0.01),
+    "induction-attn-6l8h": zoo_train.Recipe(
+        description="6-layer, 8-head attention-only induction model (benchmark only, not in the zoo)",
+        builder="small", arch={"n_layers": 6, "n_heads": 8, "d_model": 64, "d_head": 16, "n_ctx": 48},
+        steps=3000, data=_BIG_DATA, head_penalty=0.01),
+}
 
 
-def big_model(cache: Path):
-    """The trained 4-layer, 8-head model: loaded from `cache` if trained there before, else trained (seed
+def big_model(cache: Path, name: str = "induction-attn-4l8h"):
+    """A trained model of `BIG_RECIPES`: loaded from `cache` if trained there before, else trained (seed
     `BIG_SEED`, single thread) and saved there."""
-    directory = cache / "induction-attn-4l8h"
+    recipe = BIG_RECIPES[name]
+    directory = cache / name
     if not (directory / "card.json").exists():
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             torch.manual_seed(BIG_SEED)
-            raw = zoo_train.build_model(BIG_RECIPE, "induction-attn-4l8h")
-            facts = zoo_train.fit(raw, BIG_RECIPE, BIG_SEED)
+            raw = zoo_train.build_model(recipe, name)
+            facts = zoo_train.fit(raw, recipe, BIG_SEED)
         finally:
             torch.set_num_threads(threads)
-        zoo_train.write(raw, {"training": facts, "recipe": dataclasses.asdict(BIG_RECIPE)}, directory,
-                        zoo_train.language(BIG_RECIPE))
+        zoo_train.write(raw, {"training": facts, "recipe": dataclasses.asdict(recipe)}, directory,
+                        zoo_train.language(recipe))
     return load_model(str(directory))
 
 
 ZOO = ("induction-attn-2l", "induction-llama-gqa-2l")
+VARIANTS = {  # other HybridConfig settings, measured on the first trained model at tau 0.01
+    "ig_steps 4": {"ig_steps": 4},
+    "final_check": {"final_check": True},
+    "ig_steps 2, remove_below 1": {"ig_steps": 2, "remove_below": 1.0},
+}
 N_PROMPTS = 64
 RANDOM_LAYERS = (7, 12)  # GPT-2-shaped random models: 10,536 and 32,491 edges
 RANDOM_PROMPTS, RANDOM_TOKENS = 8, 16
@@ -194,26 +204,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--skip-random", action="store_true", help="leave out the cost-only random models")
     args = parser.parse_args(argv)
-    big = big_model(args.cache)
     if args.train_only:
+        for name in BIG_RECIPES:
+            big_model(args.cache, name)
         return
     rows = []
     for name in ZOO:
         model = load_model(name)
         rows += compare(name, model, load_task("induction", model, n_examples=N_PROMPTS))[0]
-    big_task = load_task("induction", big, n_examples=N_PROMPTS)
-    name = "induction-attn-4l8h (trained here)"
-    rows += compare(name, big, big_task)[0]
-    found, exact = compare(name, big, big_task, tau=0.01)
-    rows += found
-    rows.append(variant(name, big, big_task, 0.01, exact, "ig_steps 2, remove_below 1", ig_steps=2, remove_below=1.0))
+    for i, name in enumerate(BIG_RECIPES):
+        big = big_model(args.cache, name)
+        big_task = load_task("induction", big, n_examples=N_PROMPTS)
+        label = f"{name} (trained here)"
+        rows += compare(label, big, big_task)[0]
+        found, exact = compare(label, big, big_task, tau=0.01)
+        rows += found
+        if i == 0:  # the settings' cost / faithfulness trade-off, on one model
+            for tag, settings in VARIANTS.items():
+                rows.append(variant(label, big, big_task, 0.01, exact, tag, **settings))
     if not args.skip_random:
         for n_layer in RANDOM_LAYERS:
             rows += cost_rows(n_layer)
     note = (f"Written by `benchmarks/bench_hybrid.py` in one process ({N_PROMPTS} induction prompts on the trained "
             f"models; random models: {RANDOM_PROMPTS} random-token prompts x {RANDOM_TOKENS}, logit difference). "
             "Trained models: the hybrid at its defaults (auto tau: 2% of |m(full) - m(empty)|, EAP-IG 5 steps; the "
-            "4-layer model also at tau 0.01, and once with other settings of `HybridConfig`, named in the method column) "
+            "trained models also at tau 0.01; the 4-layer one also with other settings of `HybridConfig`, named in the method "
+            "column) "
             "and exact ACDC with the hybrid's metric and tau. forward_equivalents: the search's forward passes + 2 x backward "
             "passes (bookkeeping, i.e. m(full), m(empty) and the final evaluation, in bookkeeping_forward; a suffix "
             "pass from layer l of L counts (L - l) / L); ratio_to_acdc: the hybrid's forward_equivalents over ACDC's. "
@@ -222,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
             "Random GPT-2-shaped models (12 heads, d_model 768; 7 and 12 layers): cost only, random weights have no "
             "circuit to compare; ACDC's cost there is extrapolated from a measured prefix of its search (acdc_cost), "
             "assuming it tests every edge once as on a trained model whose circuit reaches the input. "
-            f"The {BIG_RECIPE.arch['n_layers']}-layer model: {BIG_RECIPE.description}; recipe in `BIG_RECIPE`, seed "
-            f"{BIG_SEED}, {BIG_RECIPE.steps} steps.")
+            "Models trained here (recipes in `BIG_RECIPES`, seed "
+            f"{BIG_SEED}): " + "; ".join(f"{name}: {r.description}, {r.steps} steps" for name, r in BIG_RECIPES.items())
+            + ".")
     args.out.mkdir(parents=True, exist_ok=True)
     write_tables(rows, args.out, note)
     for r in rows:

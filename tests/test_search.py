@@ -185,7 +185,26 @@ def test_hybrid_keeps_its_stated_guarantee(small_model, toy_task, tau):
     assert abs(res.trajectory[-1]["metric"] - res.metric_circuit) < 1e-5
     ctx = SearchContext.build(small_model, toy_task)
     assert abs(float(ctx.evaluate(res.kept)) - res.metric_circuit) < 1e-6
-    assert 0 <= res.stats["final_below_tau"] <= res.n_edges
+    assert "final_below_tau" not in res.stats  # the final check is opt-in
+
+
+def test_hybrid_final_check_counts_units_the_final_gradient_puts_below_tau(small_model, toy_task):
+    """With `final_check`, one more backward pass at the final circuit, and the count is of kept units whose estimate
+    there is below tau; the circuit is the same as without it."""
+    from acdc_lite.graph import unit_members
+    from acdc_lite.search import hybrid
+
+    runs = {}
+    for check in (False, True):
+        ctx = SearchContext.build(small_model, toy_task)
+        ctx.reference()
+        runs[check] = hybrid.run(ctx, hybrid.HybridConfig(tau=0.002, progress=False, final_check=check))
+    plain, checked = runs[False], runs[True]
+    assert torch.equal(plain.kept, checked.kept) and checked.backward_passes == plain.backward_passes + 1
+    ctx = SearchContext.build(small_model, toy_task)
+    _, grad = ctx.patcher.mask_gradient(ctx.metric, checked.kept)
+    below = checked.kept & (ctx.graph.unit_sum(grad) < 0.002)
+    assert checked.stats["final_below_tau"] == len(unit_members(ctx.graph, below))
 
 
 @pytest.mark.parametrize("name,task_name", [("induction-attn-2l", "induction"), ("ioi-attn-2l", "ioi")])

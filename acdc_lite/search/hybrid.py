@@ -8,13 +8,16 @@
    block: it goes if the measured drop is at most the block's summed positive estimates plus `slack` x tau;
    else its halves are tried (smaller |estimates| first), down to `min_block` units (a full pass pays only for
    a large block; fewer units go to the band's cheaper suffix passes). Each round re-estimates at the circuit
-   the last one left (one forward + one backward pass): an estimate at the full model is wrong for an edge
-   whose context was removed.
+   the last one left: an estimate at the full model is wrong for an edge whose context was removed. A round's
+   whole block is verified by a gradient pass (forward + backward), so an accepted block brings that estimate
+   and its prefix with it; halves are verified by forward passes, and the next round re-estimates after them.
 3. Exact ACDC, in ACDC's order (from the output backwards, suffix passes from a prefix recorded by the last
    gradient pass), on the band: the kept units estimated below `keep_above` x tau at the last estimate (by
    default tau: those ACDC's rule, applied to the estimate, would remove). The others are kept untested.
-4. Final check: a gradient pass at the final circuit counts the kept units estimated below tau there
-   (`stats["final_below_tau"]`): those ACDC's rule might remove if it tested them now.
+4. Optional final check (`final_check`): a gradient pass at the final circuit counts the kept units estimated below
+   tau there (`stats["final_below_tau"]`), those ACDC's rule might remove if it tested them now. Off by default: at a
+   sparse circuit the estimate is poor (a block of 8 units estimated at 0.002 measured 0.166 on benchmarks/hybrid.md's
+   4-layer model), so the count is a weak signal for its backward pass.
 
 What is verified, against ACDC's rule (remove an edge if the metric drops by less than tau when it alone goes):
 - an edge tested in step 3 obeys ACDC's rule exactly, in the circuit as it then was;
@@ -24,8 +27,8 @@ What is verified, against ACDC's rule (remove an edge if the metric drops by les
   tests late receivers while every earlier edge is present and never revisits them; the hybrid's rounds see
   earlier removals). Every accepted drop is measured, so the circuit's metric is m(full) minus the recorded drops;
 - a unit kept untested was estimated at >= keep_above x tau at the last round's circuit, not measured.
-Cost: the attribution passes; per round one gradient pass and one forward per tried block; the band's suffix
-passes; the final check's backward pass (its forward is the final evaluation). On ~100-edge graphs that is about
+Cost: the attribution passes; per round one gradient pass for its block and one forward per tried half; the
+band's suffix passes; with `final_check`, one backward pass (its forward is the final evaluation). On ~100-edge graphs that is about
 ACDC's cost; the saving grows with the graph (`benchmarks/hybrid.md`). Scores: ACDC's measured drops where an
 edge was tested alone, else the attribution estimate at the full model. The trajectory lists every block (predicted, measured, accepted).
 """
@@ -55,6 +58,7 @@ class HybridConfig:
     slack: float = 0.5  # a joint removal may cost its summed estimate plus this multiple of tau
     min_block: int = 32  # joint removals (and the halves of a failed one) have at least this many units
     batch: int = 8  # ACDC's speculative candidates per pass in the band
+    final_check: bool = False  # a gradient pass at the final circuit counts kept units estimated below tau
     progress: bool = True
     checkpoint: Checkpointer | None = None  # for the band's ACDC (the cheap phases before it are recomputed on resume)
 
@@ -77,10 +81,12 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
         if len(units) < config.min_block:  # too few to be worth a full pass: the band tests them
             break
         before = kept
-        kept, current = _remove_jointly(ctx, kept, current, units, estimate, config, trajectory)
+        kept, current, probed = _remove_jointly(ctx, kept, current, units, estimate, config, trajectory, probe=True)
         if torch.equal(kept, before):
             break
-        fresh = False
+        fresh = probed is not None
+        if fresh:
+            grad, prefix = probed
     if not fresh:
         current, grad, prefix = patcher.probe(ctx.metric, kept)
     band = kept & (graph.unit_sum(grad) < config.keep_above * tau)
@@ -88,9 +94,13 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, batch=config.batch, progress=config.progress, start=kept, test=band,
                                            checkpoint=config.checkpoint), prefix=prefix, metric_start=current,
                       evaluate_final=False)
-    with ctx.counted_as("final evaluation"):  # its forward pass is the final evaluation; its backward the check
-        result.metric_circuit, final_grad = patcher.mask_gradient(ctx.metric, result.kept)
-    below = result.kept & (graph.unit_sum(final_grad) < tau)
+    stats = {"band_units": len(unit_members(graph, band))}
+    if config.final_check:
+        with ctx.counted_as("final evaluation"):  # its forward pass is the final evaluation; its backward the check
+            result.metric_circuit, final_grad = patcher.mask_gradient(ctx.metric, result.kept)
+        stats["final_below_tau"] = len(unit_members(graph, result.kept & (graph.unit_sum(final_grad) < tau)))
+    else:
+        result.metric_circuit = ctx.final(result.kept)
     scores = attribution.clone()
     measured = ~result.scores.isnan()
     scores[measured] = result.scores[measured]
@@ -100,33 +110,36 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     result.forward_passes, result.backward_passes = patcher.forward_passes, patcher.backward_passes
     result.bookkeeping = dict(ctx.bookkeeping)
     result.seconds = ctx.seconds()
-    result.stats = {**result.stats, "band_units": len(unit_members(graph, band)),
-                    "final_below_tau": len(unit_members(graph, below))}
+    result.stats = {**result.stats, **stats}
     return result
 
 
 def _remove_jointly(ctx: SearchContext, kept: torch.Tensor, current: float, units: list, estimate: torch.Tensor,
-                    config: HybridConfig, trajectory: list[dict]) -> tuple[torch.Tensor, float]:
+                    config: HybridConfig, trajectory: list[dict], probe: bool = False):
     """Remove `units` (sender rows, receiver columns) from `kept` in verified blocks: a block goes if its measured
     drop is at most its summed positive estimates plus slack x tau; a failed block is split in halves (smaller estimates
-    first), down to `min_block` units; smaller failed blocks stay (the band's exact ACDC decides them).
-    Returns the new mask and its metric."""
+    first), down to `min_block` units; smaller failed blocks stay (the band's exact ACDC decides them). `probe`: this
+    block is measured by a gradient pass, whose gradient and prefix come back if it is accepted.
+    Returns (new mask, its metric, (gradient [S, R], prefix) at the new mask or None)."""
     graph = ctx.graph
     candidate = kept.clone()
     for rows, cols in units:
         candidate[rows, cols] = False
     candidate = prune_dangling(graph, candidate)
     predicted = sum(max(float(estimate[rows[0], cols[0]]), 0.0) for rows, cols in units)
-    value = float(ctx.evaluate(candidate))
+    if probe:
+        value, grad, prefix = ctx.patcher.probe(ctx.metric, candidate)
+    else:
+        value = float(ctx.evaluate(candidate))
     allowed = predicted + config.slack * config.tau
     accepted = current - value <= allowed
     trajectory.append({"phase": "joint", "units": len(units), "removed": int((kept & ~candidate).sum()),
                        "predicted": predicted, "allowed": allowed, "measured": current - value, "accepted": accepted,
                        "metric": value if accepted else current, **ctx.patcher.passes()})
     if accepted:
-        return candidate, value
+        return candidate, value, (grad, prefix) if probe else None
     if len(units) < 2 * config.min_block:
-        return kept, current
+        return kept, current, None
     half = len(units) // 2
-    kept, current = _remove_jointly(ctx, kept, current, units[:half], estimate, config, trajectory)
+    kept, current, _ = _remove_jointly(ctx, kept, current, units[:half], estimate, config, trajectory)
     return _remove_jointly(ctx, kept, current, units[half:], estimate, config, trajectory)
