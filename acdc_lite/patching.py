@@ -185,6 +185,9 @@ class EdgePatcher:
         self.memory_mb = memory_mb
         self.eval_rows, self.grad_rows = chunk_rows(graph.n_senders, info.d_model, info.n_heads, info.n_layers, info.d_vocab,
                                                     clean_tokens.shape[1], batch_size, memory_mb)
+        # prompts whose gradient-pass activations fit the budget at once (the batch size aside)
+        self.grad_rows_in_budget = chunk_rows(graph.n_senders, info.d_model, info.n_heads, info.n_layers, info.d_vocab,
+                                              clean_tokens.shape[1], len(clean_tokens), memory_mb)[1]
         if graph.kv_group != info.n_heads // info.n_kv_heads:
             raise ValueError(f"the graph has {graph.n_kv_heads} k/v heads but the model {info.n_kv_heads}; "
                              "build it with ModelGraph.from_model")
@@ -426,14 +429,27 @@ class EdgePatcher:
         value, grad, _ = self._gradient(metric, kept, ig_steps, record=False)
         return value, grad
 
-    def probe(self, metric: Metric, kept: torch.Tensor, ig_steps: int = 1) -> tuple[float, torch.Tensor, Prefix | None]:
+    def probe(self, metric: Metric, kept: torch.Tensor, ig_steps: int = 1,
+              wanted: Callable[[float], bool] | None = None) -> tuple[float, torch.Tensor | None, Prefix | None]:
         """`mask_gradient` at `kept` that also records its prefix (as `record_prefix(kept)` would) from the same
         forward pass: (metric, gradient [S, R], prefix). The prefix is None when a gradient pass splits the prompts
-        into other chunks than a suffix pass does (memory budget); then record it separately."""
-        return self._gradient(metric, kept, ig_steps, record=True)
+        into other chunks than a suffix pass does (memory budget); then record it separately.
 
-    def _gradient(self, metric: Metric, kept: torch.Tensor | None, ig_steps: int,
-                  record: bool) -> tuple[float, torch.Tensor, Prefix | None]:
+        `wanted(metric) -> bool` (with ig_steps 1): whether the gradient is wanted, decided on the forward pass's
+        metric over all prompts; if not, no backward pass runs and (metric, None, None) comes back. The forward passes
+        of every chunk are kept until the decision when the memory budget holds them all; else the decision takes
+        a forward pass of its own (one more forward when the answer is yes)."""
+        if wanted is not None and ig_steps != 1:
+            raise ValueError("a gradient decided on its forward pass (wanted) takes ig_steps=1")
+        if wanted is not None and self.grad_rows_in_budget < len(self.tokens):
+            value = float(self.evaluate(kept, metric))
+            if not wanted(value):
+                return value, None, None
+            wanted = None
+        return self._gradient(metric, kept, ig_steps, record=True, wanted=wanted)
+
+    def _gradient(self, metric: Metric, kept: torch.Tensor | None, ig_steps: int, record: bool,
+                  wanted: Callable[[float], bool] | None = None) -> tuple[float, torch.Tensor | None, Prefix | None]:
         g = self.graph
         kept = g.full_mask() if kept is None else kept
         removed = self.removed_weights(kept)
@@ -441,27 +457,21 @@ class EdgePatcher:
             raise ValueError("mask_gradient takes a single [S, R] mask")
         if ig_steps < 1:
             raise ValueError(f"ig_steps must be at least 1, got {ig_steps}")
-        grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
-        total = 0.0
         chunks = self._chunks(self.grad_rows)
         record = record and chunks == self._chunks(candidates=1)
+
+        def forward(idx: slice, step: int) -> tuple[_Pass, torch.Tensor]:
+            st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
+            st.input_alpha = None if step == ig_steps else step / ig_steps
+            with torch.enable_grad():
+                logits = self._run(st, idx)
+                return st, self._metric(metric, logits, idx, 1)
+
+        grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
         recorded: dict[int, _PrefixChunk] = {}
-        for idx in chunks:
-            summed: dict[int, torch.Tensor] = {}
-            for step in range(1, ig_steps + 1):
-                st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
-                st.input_alpha = None if step == ig_steps else step / ig_steps
-                with torch.enable_grad():
-                    logits = self._run(st, idx)
-                    values = self._metric(metric, logits, idx, 1)
-                    cols = sorted(st.receiver_inputs)
-                    grads = torch.autograd.grad(values.sum() / len(self.tokens), [st.receiver_inputs[c] for c in cols],
-                                                allow_unused=True)
-                self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
-                for col, gr in zip(cols, grads, strict=True):
-                    if gr is not None:
-                        summed[col] = gr / ig_steps + summed.get(col, 0)
-            total += float(values.detach().sum())  # the last step is the clean input
+
+        def finish(idx: slice, st: _Pass, summed: dict[int, torch.Tensor]) -> None:
+            """Edge gradients of one chunk from its receiver gradients `summed` and its (last step's) pass."""
             if record:
                 recorded[idx.start] = _PrefixChunk(deltas=st.deltas.detach(), resid_pre=st.resid_pre)
             deltas = st.deltas.detach()[0]  # [S, b*p, d]
@@ -469,7 +479,39 @@ class EdgePatcher:
             for col, gr in summed.items():
                 width, n_before = (g.n_heads if gr.dim() == 4 else 1), g.n_senders_before(col)
                 grad[:n_before, col:col + width] += self._edge_grads(deltas[:n_before], gr, real)
+
+        total = 0.0  # metric summed over prompts, at the last (clean) step
+        if wanted is not None:  # every chunk's forward first (the budget holds them), the decision, then the backwards
+            passes = [(idx, *forward(idx, 1)) for idx in chunks]
+            total = sum(float(values.detach().sum()) for _, _, values in passes)
+            if not wanted(total / len(self.tokens)):
+                return total / len(self.tokens), None, None
+            for idx, st, values in passes:
+                summed: dict[int, torch.Tensor] = {}
+                self._add_receiver_grads(summed, st, values, idx, 1)
+                finish(idx, st, summed)
+        else:
+            for idx in chunks:
+                summed = {}
+                for step in range(1, ig_steps + 1):
+                    st, values = forward(idx, step)
+                    self._add_receiver_grads(summed, st, values, idx, ig_steps)
+                total += float(values.detach().sum())
+                finish(idx, st, summed)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32), Prefix(recorded) if record else None
+
+    def _add_receiver_grads(self, summed: dict[int, torch.Tensor], st: _Pass, values: torch.Tensor, idx: slice,
+                            ig_steps: int) -> None:
+        """Backward from one chunk's metric `values` [1, b] to its receiver inputs; adds each receiver's gradient / ig_steps
+        into `summed` (first receiver column -> gradient)."""
+        with torch.enable_grad():
+            cols = sorted(st.receiver_inputs)
+            grads = torch.autograd.grad(values.sum() / len(self.tokens), [st.receiver_inputs[c] for c in cols],
+                                        allow_unused=True)
+        self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
+        for col, gr in zip(cols, grads, strict=True):
+            if gr is not None:
+                summed[col] = gr / ig_steps + summed.get(col, 0)
 
     def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64).

@@ -68,7 +68,7 @@ def big_model(cache: Path, name: str = "induction-attn-4l8h"):
 
 ZOO = ("induction-attn-2l", "induction-llama-gqa-2l")
 VARIANTS = {  # other HybridConfig settings, measured on the first trained model at tau 0.01
-    "ig_steps 4": {"ig_steps": 4},
+    "ig_steps 5": {"ig_steps": 5},
     "final_check": {"final_check": True},
     "ig_steps 2, remove_below 1": {"ig_steps": 2, "remove_below": 1.0},
 }
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
             rows += cost_rows(n_layer)
     note = (f"Written by `benchmarks/bench_hybrid.py` in one process ({N_PROMPTS} induction prompts on the trained "
             f"models; random models: {RANDOM_PROMPTS} random-token prompts x {RANDOM_TOKENS}, logit difference). "
-            "Trained models: the hybrid at its defaults (auto tau: 2% of |m(full) - m(empty)|, EAP-IG 5 steps; the "
+            "Trained models: the hybrid at its defaults (auto tau: 2% of |m(full) - m(empty)|, EAP-IG 4 steps; the "
             "trained models also at tau 0.01; the 4-layer one also with other settings of `HybridConfig`, named in the method "
             "column) "
             "and exact ACDC with the hybrid's metric and tau. forward_equivalents: the search's forward passes + 2 x backward "

@@ -128,6 +128,35 @@ def test_candidate_batch_equals_separate_passes(any_model, prompts):
     assert (together[2] - together[1]).abs() > 1e-4 and (together[4] - together[0]).abs() > 1e-4
 
 
+@pytest.mark.parametrize("memory_mb", [384.0, 1e-3])  # every chunk's forward kept for the decision / one pass more
+def test_probe_runs_its_backward_only_when_wanted(small_model, prompts, memory_mb):
+    """A gradient decided on its forward pass: refused, it costs one forward and no backward; wanted, it equals
+    `mask_gradient` and `record_prefix` at the same mask, with one backward (and one more forward when the budget
+    cannot keep every chunk's forward pass until the decision)."""
+    clean, corrupt = prompts
+    graph = ModelGraph.from_model(small_model)
+    patcher = EdgePatcher(small_model, graph, clean, ablated_outputs(small_model, graph, corrupt), batch_size=2,
+                          memory_mb=memory_mb)
+    kept = graph.valid & (torch.rand(graph.valid.shape, generator=torch.Generator().manual_seed(5)) < 0.6)
+    expected_value, expected_grad = patcher.mask_gradient(last_logit_diff, kept)
+    spent = patcher.passes()
+    seen = []
+    value, grad, prefix = patcher.probe(last_logit_diff, kept, wanted=lambda v: seen.append(v) or False)
+    assert grad is None and prefix is None and seen == [pytest.approx(expected_value, abs=1e-5)]
+    assert patcher.passes() == pytest.approx({"forward_passes": spent["forward_passes"] + 1,
+                                              "backward_passes": spent["backward_passes"]})
+    value, grad, prefix = patcher.probe(last_logit_diff, kept, wanted=lambda v: True)
+    fits = memory_mb > 1
+    assert value == pytest.approx(expected_value, abs=1e-5) and torch.allclose(grad, expected_grad, atol=1e-5)
+    assert patcher.passes() == pytest.approx({"forward_passes": spent["forward_passes"] + (2 if fits else 3),
+                                              "backward_passes": spent["backward_passes"] + 1})
+    if fits:  # the prefix recorded by the same forward serves a suffix pass
+        changed = kept.clone()
+        changed[:, graph.receiver_layer(0) + graph.receivers_per_layer:] = False
+        fast = patcher.evaluate(changed, last_logit_diff, start_layer=1, prefix=prefix)
+        assert torch.allclose(fast, patcher.evaluate(changed, last_logit_diff), atol=1e-5)
+
+
 def test_suffix_recompute_equals_full_pass(small_model, prompts):
     clean, corrupt = prompts
     graph = ModelGraph.from_model(small_model)

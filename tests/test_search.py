@@ -225,3 +225,11 @@ def test_hybrid_finds_acdcs_circuit(name, task_name):
         assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < 0.75 * exact_acdc.search_forward_passes
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(hybrid)
     assert not bad_accepts and not bad_rejects and abs(chain - start) < 1e-4
+
+
+def test_hybrid_option_defaults_are_its_configs():
+    """The CLI's hybrid options (no torch at parse time) and `HybridConfig` state one default each."""
+    from acdc_lite.search.hybrid import HybridConfig
+    from acdc_lite.search.methods.hybrid import HybridOptions
+
+    assert HybridOptions().ig_steps == HybridConfig().ig_steps == 4

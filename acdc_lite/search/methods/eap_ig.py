@@ -8,8 +8,8 @@ from acdc_lite.search.methods._selection import SelectionOptions, select_circuit
 from acdc_lite.search.spec import MethodSpec, Runtime
 
 
-def ig_steps_field():
-    return field(default=5, metadata={"ge": 1, "help": "Integrated-gradient steps (forward and backward passes)."})
+def ig_steps_field(default: int = 5):
+    return field(default=default, metadata={"ge": 1, "help": "Integrated-gradient steps (forward and backward passes)."})
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ class HybridOptions:
     """The hybrid's options: ACDC's tau and the attribution's integrated-gradient steps."""
 
     tau: float | None = tau_field()
-    ig_steps: int = ig_steps_field()
+    ig_steps: int = ig_steps_field(default=4)  # = HybridConfig's (a test holds them equal)
 
 
 def run(ctx, options: HybridOptions, runtime: Runtime):
