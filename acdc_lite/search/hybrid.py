@@ -4,14 +4,13 @@
    the sum over its edges), signed. The same pass gives m(full).
 2. Joint removal, in rounds: every kept unit estimated to cost less than `remove_below` x tau (negative estimates
    included, as ACDC's rule removes edges whose removal raises the metric) is removed at once, across receivers
-   and layers, with the edges that then dangle (exact: they carry no difference). One patched pass verifies the
-   block: it goes if the measured drop is at most the block's summed positive estimates plus `slack` x tau;
-   else its halves are tried (smaller |estimates| first), down to `min_block` units (a full pass pays only for
-   a large block; fewer units go to the band's cheaper suffix passes). Each round re-estimates at the circuit
-   the last one left: an estimate at the full model is wrong for an edge whose context was removed. A round's
-   whole block is verified by the forward half of a gradient pass whose backward runs only if the block is accepted,
-   so an accepted block brings that estimate and its prefix with it; halves are verified by forward passes, and the
-   next round re-estimates after them.
+   and layers, with the edges that then dangle (exact: they carry no difference). A pass verifies the block: it
+   goes if the measured drop is at most the block's summed positive estimates plus `slack` x tau; else its halves
+   are tried (smaller |estimates| first), down to `min_block` units (a full pass pays only for a large block;
+   fewer units go to the band's cheaper suffix passes). Each round re-estimates at the circuit the last one left
+   (an estimate at the full model is wrong for an edge whose context was removed): a round's whole block is
+   verified by the forward half of a gradient pass whose backward runs only if the block goes, and so brings
+   that estimate and its prefix with it; halves are verified by forward passes, and a gradient pass follows them.
 3. Exact ACDC, in ACDC's order (from the output backwards, suffix passes from a prefix recorded by the last
    gradient pass), on the band: the kept units estimated below `keep_above` x tau at the last estimate (by
    default tau: those ACDC's rule, applied to the estimate, would remove). The others are kept untested.
@@ -28,10 +27,11 @@ What is verified, against ACDC's rule (remove an edge if the metric drops by les
   tests late receivers while every earlier edge is present and never revisits them; the hybrid's rounds see
   earlier removals). Every accepted drop is measured, so the circuit's metric is m(full) minus the recorded drops;
 - a unit kept untested was estimated at >= keep_above x tau at the last round's circuit, not measured.
-Cost: the attribution passes; per round one forward for its block (+ one backward if accepted) and one per tried half; the
-band's suffix passes; with `final_check`, one backward pass (its forward is the final evaluation). On ~100-edge graphs that is about
-ACDC's cost; the saving grows with the graph (`benchmarks/hybrid.md`). Scores: ACDC's measured drops where an
-edge was tested alone, else the attribution estimate at the full model. The trajectory lists every block (predicted, measured, accepted).
+Cost: the attribution passes; per round one forward pass per tried block and one backward if the whole block went;
+the band's suffix passes; with `final_check`, one backward pass (its forward is the final evaluation). On ~100-edge
+graphs that is about ACDC's cost; the saving grows with the graph (`benchmarks/hybrid.md`). Scores: ACDC's measured
+drops where an edge was tested alone, else the attribution estimate at the full model. The trajectory lists every
+block (predicted, measured, accepted).
 """
 
 from __future__ import annotations
