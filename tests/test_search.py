@@ -211,7 +211,7 @@ def test_hybrid_final_check_counts_units_the_final_gradient_puts_below_tau(small
 def test_hybrid_finds_acdcs_circuit(name, task_name):
     """Same metric and tau on two zoo models: ACDC's circuit (measured: 13 edges both, faithfulness 0.913 and 0.996),
     within the hybrid's guarantee. On 81 edges the attribution passes weigh: forward-equivalents (forward +
-    2 x backward) measured 39 vs 38.5 on induction-attn-2l and 22 vs 33.5 on ioi-attn-2l (the pass count is
+    2 x backward) measured 34 vs 38.5 on induction-attn-2l and 16 vs 33.5 on ioi-attn-2l (the pass count is
     asserted on the latter, with its margin). On the retrained docstring-attn-2l the hybrid keeps one edge more
     than ACDC (16 at 0.981 against 15 at 0.961; benchmarks/zoo.md)."""
     from acdc_lite import load_model, load_task
@@ -222,7 +222,7 @@ def test_hybrid_finds_acdcs_circuit(name, task_name):
     exact_acdc = search(model, task, "acdc", metric=task.default_metric, tau=hybrid.params["tau"], progress=False)
     assert torch.equal(hybrid.kept, exact_acdc.kept)
     if name == "ioi-attn-2l":
-        assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < 0.75 * exact_acdc.search_forward_passes
+        assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < 0.6 * exact_acdc.search_forward_passes
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(hybrid)
     assert not bad_accepts and not bad_rejects and abs(chain - start) < 1e-4
 
