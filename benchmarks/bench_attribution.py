@@ -4,7 +4,7 @@ Model: a random GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, 32,
 `save_pretrained` to a directory (so another tool can load the very same weights) and loaded with
 `load_model(directory)` as `discover` does. Task: random token ids, N prompts x 32 tokens (seed 0), metric
 logit difference between two random answer tokens, resample ablation, selection by target faithfulness 0.9.
-Each (method, N) runs in its own subprocess, so its peak resident memory (ru_maxrss: loading included) is its own.
+Each (method, N) runs in its own subprocess, so its peak resident memory (VmHWM, loading included) is its own.
 
 Forward-equivalents = forward passes + 2 x backward passes (a backward costs about two forwards), counted in
 units of one pass over all prompts; the corrupted-prompt cache pass (one plain forward) is not in the counts,
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,13 +50,13 @@ def random_task(n_prompts: int, seed: int = 0):
 
 
 def measure(method: str, n_prompts: int, model_dir: str) -> dict:
-    from acdc_lite.benchmark import plain_forward_seconds
+    from acdc_lite.benchmark import peak_memory_mb, plain_forward_seconds
     from acdc_lite.models import load_model
     from acdc_lite.search import search
     from acdc_lite.task import Task
 
     model = load_model(model_dir)
-    loading_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    loading_mb = peak_memory_mb()
     task = Task("random-logit-diff", *random_task(n_prompts))
     started = time.perf_counter()
     result = search(model, task, method, progress=False, seed=0)
@@ -70,7 +69,7 @@ def measure(method: str, n_prompts: int, model_dir: str) -> dict:
             "selection_forward_passes": round(selection, 2),
             "forward_equivalents": round(result.forward_passes + 2 * result.backward_passes, 2),
             "seconds": round(seconds, 1), "x_forward": round(seconds / forward, 1),
-            "loading_peak_mb": round(loading_mb), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "loading_peak_mb": round(loading_mb), "peak_rss_mb": round(peak_memory_mb())}
 
 
 def main(argv=None) -> None:
@@ -94,7 +93,7 @@ def main(argv=None) -> None:
             print(rows[-1], flush=True)
     write_table(rows, args.out, "attribution", "Benchmark: eap and eap-ig at GPT-2-small shape, selection included",
                 ["Written by `python benchmarks/bench_attribution.py` (see its docstring for the setup): one subprocess "
-                 "per row, peak_rss_mb = ru_maxrss including loading the model (loading_peak_mb).",
+                 "per row, peak_rss_mb = its VmHWM, including loading the model (loading_peak_mb).",
                  "forward_equivalents = forward_passes + 2 x backward_passes (all passes: scoring, reference values, "
                  "selection); selection_forward_passes is the part spent choosing and measuring the circuit "
                  "(cost.bookkeeping.selection: the sketch, the anchor on every prompt, and when faithfulness is not "

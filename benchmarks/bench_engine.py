@@ -2,7 +2,7 @@
 
 Model: a GPT-2-small-shaped random model (12 layers x 12 heads, d_model 768, vocab 50257) wrapped by
 TransformerLens' bridge as `load_model` does; batch 32 x 16 tokens. Each measurement runs in its own
-subprocess so its peak resident memory (ru_maxrss) is its own. Ratios are against the plain forward
+subprocess so its peak resident memory (VmHWM) is its own. Ratios are against the plain forward
 pass of the same bridge model measured in the same run.
 
     python benchmarks/bench_engine.py            # writes benchmarks/engine_results.md
@@ -11,7 +11,6 @@ pass of the same bridge model measured in the same run.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ def measure(kind: str) -> dict:
     import torch
 
     from acdc_lite import EdgePatcher, ablated_outputs
+    from acdc_lite.benchmark import peak_memory_mb
 
     hf, model, graph, tokens, corrupt = build()
     if kind == "hf_forward":
@@ -70,7 +70,7 @@ def measure(kind: str) -> dict:
             out.append(time.perf_counter() - start)
     seconds, plain_seconds = sorted(times)[REPEATS // 2], sorted(plain_times)[REPEATS // 2]
     return {"kind": kind, "seconds": seconds, "ratio": seconds / plain_seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": peak_memory_mb()}
 
 
 def main() -> None:
