@@ -6,6 +6,7 @@ per-head results, split q/k/v inputs and MLP-input hooks switched on, and on our
 """
 
 INPUT = "blocks.0.hook_resid_pre"  # sender output of the `input` node: token + position embeddings
+UNEMBED_IN = "unembed.hook_in"  # the unembedding's input (after the final norm), [batch, pos, d_model]
 
 
 def resid_pre(layer: int) -> str:

@@ -7,14 +7,22 @@ in order: a factory registered with `register` in this process, a Python entry p
 `acdc_lite.metrics` (installed packages declare `[project.entry-points."acdc_lite.metrics"]`), or a
 `module:function` path (e.g. `mypkg.metrics:answer_rank`). The built-in metrics (`logit_diff`, ...) are
 not here: `Task.metric` knows them.
+
+A metric may declare the positions it reads (`PositionMetric`): a pass then unembeds only those positions
+(`padding.forward(..., positions=...)`), and the metric runs on logits taken there. Built-in metrics declare them; a
+plain function (any custom metric) gets the logits at every position.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+import torch
+
+from acdc_lite.padding import take_positions
 from acdc_lite.registry import Registry
 
 ENTRY_POINT_GROUP = "acdc_lite.metrics"
@@ -24,6 +32,36 @@ METRIC_FACTORIES: Registry[Callable] = Registry("metric")
 
 class MetricNotFound(ValueError):
     """A metric name that no registry entry, entry point or module path provides."""
+
+
+@dataclass(frozen=True, eq=False)
+class PositionMetric:
+    """A metric that reads each example's logits only at `positions` [N, T] (e.g. its answer position, and the
+    next ones for an answer of several tokens). `at(logits [b, T, vocab] taken there, example indices [b]) -> [b]`;
+    called as a plain metric on logits at every position [b, p, vocab], it takes them there itself."""
+
+    positions: torch.Tensor  # [N, T] long, each a real position of its example
+    at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metric_name: str = ""
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.at(take_positions(logits, self.positions_of(idx)), idx)
+
+    def positions_of(self, idx: torch.Tensor) -> torch.Tensor:
+        """[b, T]: the positions read for examples `idx` [b]."""
+        return self.positions.to(idx.device)[idx]
+
+    def on_rows(self, rows: torch.Tensor) -> PositionMetric:
+        """The metric of a subset: example i of the subset is example rows[i] here."""
+        return PositionMetric(self.positions[rows], lambda logits, idx: self.at(logits, rows.to(idx.device)[idx]),
+                              self.metric_name)
+
+
+def on_rows(metric: Callable, rows: torch.Tensor) -> Callable:
+    """`metric` for a subset of the examples (example i of the subset is example rows[i]); a PositionMetric stays one."""
+    if isinstance(metric, PositionMetric):
+        return metric.on_rows(rows)
+    return lambda logits, idx: metric(logits, rows.to(idx.device)[idx])
 
 
 def register(name: str, factory: Callable) -> None:

@@ -16,6 +16,8 @@ from enum import Enum
 import torch
 from torch import nn
 
+from acdc_lite import hooks
+
 
 class PaddingSide(str, Enum):
     RIGHT = "right"
@@ -60,12 +62,30 @@ def first_real(mask: torch.Tensor) -> torch.Tensor:
     return mask.long().argmax(dim=1)
 
 
+def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x [b, p, ...] at `positions` [b, T] of each row: [b, T, ...]."""
+    return x[torch.arange(len(x), device=x.device)[:, None], positions.to(x.device)]
+
+
 def forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            start_at_layer: int | None = None, resid: torch.Tensor | None = None) -> torch.Tensor:
+            start_at_layer: int | None = None, resid: torch.Tensor | None = None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [b, p, vocab] of `model` on `tokens` [b, p]; `attention_mask` [b, p] (True/1 at real tokens)
     is passed on only when some position is padded (an all-real batch runs exactly as before). With
     `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l and only blocks l..
-    are computed (natively on models that declare `supports_start_at_layer`, else via `suffix.run_from_layer`)."""
+    are computed (natively on models that declare `supports_start_at_layer`, else via `suffix.run_from_layer`).
+    `positions` [b, T]: logits [b, T, vocab] at those positions of each row only; on a model with the unembedding's
+    input hook (`hooks.UNEMBED_IN`) only they are unembedded, on any other they are taken from all positions' logits."""
+    if positions is None:
+        return _forward(model, tokens, attention_mask, start_at_layer, resid)
+    if hooks.UNEMBED_IN not in getattr(model, "hook_dict", {}):
+        return take_positions(_forward(model, tokens, attention_mask, start_at_layer, resid), positions)
+    with model.hooks(fwd_hooks=[(hooks.UNEMBED_IN, lambda x, hook: take_positions(x, positions))]):
+        return _forward(model, tokens, attention_mask, start_at_layer, resid)
+
+
+def _forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
+             start_at_layer: int | None, resid: torch.Tensor | None) -> torch.Tensor:
     padded = attention_mask is not None and not bool(attention_mask.all())
     if start_at_layer is not None and not getattr(model, "supports_start_at_layer", False):
         from acdc_lite.suffix import run_from_layer

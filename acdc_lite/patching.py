@@ -31,10 +31,12 @@ from torch import nn
 from acdc_lite import hooks
 from acdc_lite.choices import Ablation
 from acdc_lite.graph import ModelGraph
+from acdc_lite.metrics import PositionMetric
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 
-# metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour
+# metric(logits [b, pos, vocab], example indices [b]) -> per-example values [b]; higher = more clean behaviour.
+# A PositionMetric (acdc_lite.metrics) declares the positions it reads: passes then unembed only those.
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -46,10 +48,12 @@ def _group_view(x: torch.Tensor, size: int) -> torch.Tensor:
 @torch.no_grad()
 def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, batch_size: int = 64,
                    attention_mask: torch.Tensor | None = None,
-                   on_logits: Callable[[torch.Tensor, slice], None] | None = None) -> list[torch.Tensor]:
+                   on_logits: Callable[[torch.Tensor, slice], None] | None = None,
+                   positions: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Each sender group's output on `tokens` [b, p] (padded positions hidden by `attention_mask` [b, p]):
     a list over `graph.sender_groups` of [b, p, n, d]. `on_logits(logits [b, p, vocab], rows)` sees each
-    chunk's logits (a metric of the run costs no extra pass)."""
+    chunk's logits (a metric of the run costs no extra pass); with `positions` [b, T] only those positions' logits
+    are computed, and it sees [b, T, vocab]."""
     outs: list[torch.Tensor] = []  # filled chunk by chunk (no second copy from concatenating chunks)
     for start in range(0, len(tokens), batch_size):
         store: dict[int, torch.Tensor] = {}
@@ -60,9 +64,12 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
             return hook
 
         fwd = [(g.hook, make(i, g.size)) for i, g in enumerate(graph.sender_groups)]
-        mask = None if attention_mask is None else attention_mask[start:start + batch_size]
+        rows = slice(start, start + batch_size)
+        mask = None if attention_mask is None else attention_mask[rows]
+        # without a metric to feed, one position's logits is all the run needs
+        at = positions[rows] if positions is not None else None if on_logits is not None else _ONE_POSITION
         with model.hooks(fwd_hooks=fwd):
-            logits = forward(model, tokens[start:start + batch_size], mask)
+            logits = forward(model, tokens[rows], mask, positions=_expand(at, len(tokens[rows])))
         if on_logits is not None:
             on_logits(logits, slice(start, start + len(logits)))
         del logits
@@ -76,12 +83,13 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
 def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.Tensor | None,
                     ablation: Ablation | str = Ablation.RESAMPLE, batch_size: int = 64,
                     attention_mask: torch.Tensor | None = None,
-                    on_logits: Callable[[torch.Tensor, slice], None] | None = None) -> list[torch.Tensor]:
+                    on_logits: Callable[[torch.Tensor, slice], None] | None = None,
+                    positions: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Ablated value of every sender group: [b, p, n, d] (resample), [1, p, n, d] (mean-positional),
     [1, 1, n, d] (mean, zero). Means are over the corrupted prompts' real positions (`attention_mask` [b, p],
     True at real tokens; padded positions never enter a mean). Mean-positional ablation refuses prompts of
-    different lengths: a position index means a different token in each. `on_logits`: see `sender_outputs`
-    (called when the corrupted prompts are run)."""
+    different lengths: a position index means a different token in each. `on_logits`, `positions`: see
+    `sender_outputs` (called when the corrupted prompts are run)."""
     ablation = Ablation(ablation)
     if attention_mask is not None and ablation is Ablation.MEAN_POSITIONAL and not bool(attention_mask.all()):
         lengths = attention_mask.sum(1)
@@ -94,7 +102,7 @@ def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.T
         return [torch.zeros(1, 1, g.size, info.d_model, device=p.device, dtype=p.dtype) for g in graph.sender_groups]
     if corrupt_tokens is None:
         raise ValueError(f"{ablation.value} ablation needs corrupted prompts")
-    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask, on_logits)
+    outs = sender_outputs(model, graph, corrupt_tokens, batch_size, attention_mask, on_logits, positions)
     if ablation is Ablation.MEAN:
         if attention_mask is None:
             return [o.mean(dim=(0, 1), keepdim=True) for o in outs]
@@ -104,6 +112,18 @@ def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.T
     if ablation is Ablation.MEAN_POSITIONAL:
         return [o.mean(dim=0, keepdim=True) for o in outs]
     return outs
+
+
+_ONE_POSITION = torch.zeros(1, 1, dtype=torch.long)  # position 0 of every row: a pass whose logits nobody reads
+
+
+def _expand(positions: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    return positions if positions is None or len(positions) == rows else positions.expand(rows, -1)
+
+
+def _positions(metric: Metric, idx: slice) -> torch.Tensor | None:
+    """[b, T]: the positions `metric` reads for examples `idx`, or None (it reads every position)."""
+    return metric.positions_of(torch.arange(idx.start, idx.stop)) if isinstance(metric, PositionMetric) else None
 
 
 @dataclass
@@ -337,10 +357,12 @@ class EdgePatcher:
         return fwd
 
     # ---- passes ---------------------------------------------------------------------------
-    def _run(self, st: _Pass, idx: slice, start_layer: int = 0, prefix: Prefix | None = None) -> torch.Tensor:
-        """One patched forward pass over examples `idx`: logits [C*b, p, vocab]."""
+    def _run(self, st: _Pass, idx: slice, start_layer: int = 0, prefix: Prefix | None = None,
+             positions: torch.Tensor | None = None) -> torch.Tensor:
+        """One patched forward pass over examples `idx`: logits [C*b, p, vocab] (at `positions` [b, T]: [C*b, T, vocab])."""
         tokens = self.tokens[idx]
         c = st.n_candidates
+        at = None if positions is None else _expand(positions, len(tokens)).repeat(c, 1)
         mask = None if self.attention_mask is None else self.attention_mask[idx].repeat(c, 1)
         st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
         if start_layer > 0:
@@ -350,10 +372,10 @@ class EdgePatcher:
             st.deltas[:, :n_before] = chunk.deltas[:, :n_before]
             resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
-                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid)
+                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid, positions=at)
         else:
             with self.model.hooks(fwd_hooks=self._hooks(st, 0)):
-                logits = forward(self.model, tokens.repeat(c, 1), mask)
+                logits = forward(self.model, tokens.repeat(c, 1), mask, positions=at)
         done = (self.graph.n_layers - start_layer) / self.graph.n_layers
         self.forward_passes += c * done * len(tokens) / len(self.tokens)
         return logits
@@ -391,7 +413,7 @@ class EdgePatcher:
         c = removed.shape[0]
         total, each = torch.zeros(c), []
         for idx in self._chunks(candidates=c if start_layer == 0 else 1):
-            logits = self._run(self._new_pass(removed), idx, start_layer, prefix)
+            logits = self._run(self._new_pass(removed), idx, start_layer, prefix, _positions(metric, idx))
             values = self._metric(metric, logits, idx, c)
             total += values.sum(dim=1).cpu()
             if per_example:
@@ -399,8 +421,10 @@ class EdgePatcher:
         return torch.cat(each, dim=1) if per_example else total / len(self.tokens)
 
     def _metric(self, metric: Metric, logits: torch.Tensor, idx: slice, c: int) -> torch.Tensor:
+        """The metric of a pass's logits (taken at the metric's positions when it declares them, as `_run` then ran)."""
         ex = torch.arange(idx.start, idx.stop, device=logits.device)
-        values = metric(logits.float(), ex.repeat(c)).view(c, -1)  # float32 metrics on a bf16/fp16 model too
+        fn = metric.at if isinstance(metric, PositionMetric) else metric
+        values = fn(logits.float(), ex.repeat(c)).view(c, -1)  # float32 metrics on a bf16/fp16 model too
         if not torch.isfinite(values).all():
             raise FloatingPointError("the metric returned NaN or inf; check the task's answer tokens and the model")
         return values
@@ -415,7 +439,7 @@ class EdgePatcher:
         chunks = {}
         for idx in self._chunks():
             st = self._new_pass(removed, record=True)
-            self._run(st, idx)
+            self._run(st, idx, positions=_ONE_POSITION)  # its logits are not read
             chunks[idx.start] = _PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
         return Prefix(chunks)
 
@@ -464,7 +488,7 @@ class EdgePatcher:
             st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
             st.input_alpha = None if step == ig_steps else step / ig_steps
             with torch.enable_grad():
-                logits = self._run(st, idx)
+                logits = self._run(st, idx, positions=_positions(metric, idx))
                 return st, self._metric(metric, logits, idx, 1)
 
         grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)

@@ -28,6 +28,7 @@ from torch import nn
 from acdc_lite import metrics as metric_registry
 from acdc_lite.boundary import read_text
 from acdc_lite.faithfulness import gap_is_zero
+from acdc_lite.metrics import PositionMetric
 from acdc_lite.padding import PaddingSide, first_real, forward, pad_id_of, pad_rows, padding_side_of
 
 log = logging.getLogger(__name__)
@@ -203,13 +204,16 @@ class Task:
         except metric_registry.MetricNotFound as e:
             raise TaskError(f"{e}. Built-in metrics: {', '.join(self.metric_names)}") from e
 
-    def logits(self, model: nn.Module, which: str = "clean", batch_size: int = 64) -> torch.Tensor:
-        """Logits [N, P, vocab] of the clean (or corrupt) prompts, run with the attention mask."""
+    def logits(self, model: nn.Module, which: str = "clean", batch_size: int = 64,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [N, P, vocab] of the clean (or corrupt) prompts, run with the attention mask; with `positions`
+        [N, T], only there: [N, T, vocab]."""
         tokens = self.clean if which == "clean" else self.corrupt
         dev = next(iter(model.parameters()), tokens).device
+        rows = [slice(i, i + batch_size) for i in range(0, len(self), batch_size)]
         with torch.no_grad():
-            return torch.cat([forward(model, tokens[i:i + batch_size].to(dev), self.attention_mask[i:i + batch_size].to(dev))
-                              for i in range(0, len(self), batch_size)])
+            return torch.cat([forward(model, tokens[r].to(dev), self.attention_mask[r].to(dev),
+                                      positions=None if positions is None else positions[r].to(dev)) for r in rows])
 
     def metric(self, name: str | None = None, model: nn.Module | None = None) -> Callable:
         """A per-example metric (higher = more clean behaviour). `kl` needs the model (for clean logits).
@@ -237,9 +241,9 @@ class Task:
         if name == "seq_logit_diff" and self.foil_seqs is None:
             raise TaskError(f"metric seq_logit_diff needs foils, and task {self.name!r} has none; use seq_logprob")
         answers, foils, pos = self.answers, self.foils, self.answer_pos
-
-        def at_answer(logits, idx):
-            return logits[torch.arange(len(idx), device=logits.device), pos.to(logits.device)[idx]]  # [b, vocab]
+        # every built-in metric reads the logits at a few positions of each example: `at` [N, T]; its function gets
+        # them there, x [b, T, vocab] (see PositionMetric: a pass then unembeds only these positions)
+        at = pos[:, None]
 
         def set_values(values, ids):  # values [b, vocab], ids [b, K] padded with -1 -> [b, K], mask [b, K]
             mask = ids >= 0
@@ -256,57 +260,53 @@ class Task:
         dev = lambda t, x: t.to(x.device)  # noqa: E731
 
         if name == "logit_diff":
-            def metric(logits, idx):
-                x = at_answer(logits, idx)
+            def metric(x, idx):
+                x = x[:, 0]
                 return mean_over(x, dev(answers, x)[idx]) - mean_over(x, dev(foils, x)[idx])
         elif name == "prob_diff":
-            def metric(logits, idx):
-                p = at_answer(logits, idx).softmax(-1)
+            def metric(x, idx):
+                p = x[:, 0].softmax(-1)
                 return sum_over(p, dev(answers, p)[idx]) - sum_over(p, dev(foils, p)[idx])
         elif name == "logprob":
-            def metric(logits, idx):
-                lp = at_answer(logits, idx).log_softmax(-1)
+            def metric(x, idx):
+                lp = x[:, 0].log_softmax(-1)
                 return torch.logsumexp(lp.gather(1, dev(answers, lp)[idx].clamp(min=0))
                                        .masked_fill(dev(answers, lp)[idx] < 0, float("-inf")), dim=1)
         elif name == "accuracy":
-            def metric(logits, idx):
-                top = at_answer(logits, idx).argmax(-1, keepdim=True)
+            def metric(x, idx):
+                top = x[:, 0].argmax(-1, keepdim=True)
                 return (top == dev(answers, top)[idx]).any(1).float()
         elif name == "seq_logprob":
             seqs = self.answer_seqs
-            steps = torch.arange(seqs.shape[1])
+            at = (pos[:, None] + torch.arange(seqs.shape[1])).clamp(max=self.seq_len - 1)  # [N, T]
 
-            def metric(logits, idx):
-                ids = dev(seqs, logits)[idx]  # [b, T]
-                at = (dev(pos, logits)[idx, None] + dev(steps, logits)).clamp(max=logits.shape[1] - 1)  # [b, T]
-                rows = torch.arange(len(idx), device=logits.device)[:, None]
-                lp = logits[rows, at].log_softmax(-1).gather(2, ids.clamp(min=0)[..., None])[..., 0]  # [b, T]
+            def metric(x, idx):
+                ids = dev(seqs, x)[idx]  # [b, T]
+                lp = x.log_softmax(-1).gather(2, ids.clamp(min=0)[..., None])[..., 0]  # [b, T]
                 return torch.where(ids >= 0, lp, 0).sum(1)
         elif name == "seq_logit_diff":
             offset, first_a, first_f = _first_difference(self.answer_seqs, self.foil_seqs, self.name)
+            at = (pos + offset)[:, None]
 
-            def metric(logits, idx):
-                rows = torch.arange(len(idx), device=logits.device)
-                x = logits[rows, dev(pos + offset, logits)[idx]]  # [b, vocab]
+            def metric(x, idx):
+                x = x[:, 0]
+                rows = torch.arange(len(idx), device=x.device)
                 return x[rows, dev(first_a, x)[idx]] - x[rows, dev(first_f, x)[idx]]
         else:  # kl: minus KL(clean || patched) at the answer position (summed over an answer's tokens)
             if model is None:
                 raise TaskError("the kl metric needs the model, to compute the clean distribution")
-            logits = self.logits(model)
             n_tokens = _lengths(self.answer_seqs) if self.multi_token else torch.ones(len(self), dtype=torch.long)  # [N]
             steps = torch.arange(int(n_tokens.max()))
             at = (self.answer_pos[:, None] + steps).clamp(max=self.seq_len - 1)  # [N, T]
             real = steps < n_tokens[:, None]  # [N, T]
-            clean_lp = logits[torch.arange(len(self))[:, None], at.to(logits.device)].log_softmax(-1)  # [N, T, vocab]
+            clean_lp = self.logits(model, positions=at).log_softmax(-1)  # [N, T, vocab]
 
-            def metric(logits, idx):
-                rows = torch.arange(len(idx), device=logits.device)[:, None]
-                lp = logits[rows, dev(at, logits)[idx]].log_softmax(-1)
+            def metric(x, idx):
+                lp = x.log_softmax(-1)
                 ref = dev(clean_lp, lp)[idx]
                 kl = (ref.exp() * (ref - lp)).sum(-1)  # [b, T]
                 return -torch.where(dev(real, kl)[idx], kl, 0).sum(1)
-        metric.metric_name = name
-        return metric
+        return PositionMetric(at, metric, name)
 
 
 def _same_prefix(answers: torch.Tensor, foils: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,6 +141,14 @@ class Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
+class _UnembedHooks(nn.Module):
+    """The unembedding's input hook (no weights: a submodule, so the hook is named `unembed.hook_in`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_in = HookPoint()
+
+
 class SmallTransformer(HookedRootModule):
     """Decoder-only transformer with TransformerLens hook names; see module docstring."""
 
@@ -155,6 +163,7 @@ class SmallTransformer(HookedRootModule):
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_final = _norm(cfg)
+        self.unembed = _UnembedHooks()  # `unembed.hook_in`, as on a TransformerBridge; W_U, b_U stay here
         self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.n_out) / math.sqrt(cfg.d_model))
         self.b_U = nn.Parameter(torch.zeros(cfg.n_out))
         self.setup()
@@ -190,7 +199,7 @@ class SmallTransformer(HookedRootModule):
             x, first = resid, start_at_layer
         for block in self.blocks[first:]:
             x = block(x, attention_mask)
-        return self.ln_final(x) @ self.W_U + self.b_U
+        return self.unembed.hook_in(self.ln_final(x)) @ self.W_U + self.b_U
 
     # ---- files ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

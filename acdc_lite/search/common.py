@@ -13,6 +13,7 @@ from torch import nn
 
 from acdc_lite.faithfulness import faithfulness
 from acdc_lite.graph import ModelGraph, NodeKind, connected_mask
+from acdc_lite.metrics import PositionMetric
 from acdc_lite.patching import Ablation, EdgePatcher, Metric, ablated_outputs
 from acdc_lite.search.spec import Settings
 from acdc_lite.task import Task
@@ -48,12 +49,15 @@ class SearchContext:
         metric_fn = task.metric(metric, model=model)
         total = torch.zeros(1)  # summed as `EdgePatcher.evaluate` sums, so equal runs give equal numbers
 
+        at_positions = isinstance(metric_fn, PositionMetric)  # the cache pass computes only the logits it reads
+
         def on_logits(logits: torch.Tensor, rows: slice) -> None:
-            total.add_(metric_fn(logits, torch.arange(rows.start, rows.stop, device=logits.device)).sum().cpu())
+            fn = metric_fn.at if at_positions else metric_fn
+            total.add_(fn(logits, torch.arange(rows.start, rows.stop, device=logits.device)).sum().cpu())
 
         resample = ablation is Ablation.RESAMPLE
         ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask,
-                                  on_logits if resample else None)
+                                  on_logits if resample else None, metric_fn.positions if at_positions and resample else None)
         patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
         corrupt = float(total / len(task.clean)) if resample else None
         corrupt = corrupt if corrupt is not None and math.isfinite(corrupt) else None  # else evaluate() says why

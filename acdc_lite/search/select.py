@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from acdc_lite.graph import ModelGraph
+from acdc_lite.metrics import on_rows
 from acdc_lite.ranking import ranked_edges, ranking, threshold, top_n, unit_ends
 from acdc_lite.search.common import SearchContext
 
@@ -252,7 +253,7 @@ def _values_on(ctx: SearchContext, rows: torch.Tensor, masks: torch.Tensor) -> t
     if len(rows) == len(ctx.patcher.tokens):
         return ctx.patcher.evaluate(masks, ctx.metric, per_example=True)
     sub = ctx.patcher.subset(rows)
-    values = sub.evaluate(masks, lambda logits, ex: ctx.metric(logits, rows.to(ex.device)[ex]), per_example=True)
+    values = sub.evaluate(masks, on_rows(ctx.metric, rows), per_example=True)
     ctx.patcher.forward_passes += sub.forward_passes * len(rows) / len(ctx.patcher.tokens)
     return values
 
