@@ -32,6 +32,7 @@ from acdc_lite import hooks
 from acdc_lite.choices import Ablation
 from acdc_lite.graph import ModelGraph
 from acdc_lite.metrics import PositionMetric
+from acdc_lite.models import shared_qkv_input
 from acdc_lite.padding import forward
 from acdc_lite.shape import model_info
 
@@ -68,7 +69,7 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
         mask = None if attention_mask is None else attention_mask[rows]
         # without a metric to feed, one position's logits is all the run needs
         at = positions[rows] if positions is not None else None if on_logits is not None else _ONE_POSITION
-        with model.hooks(fwd_hooks=fwd):
+        with shared_qkv_input(model), model.hooks(fwd_hooks=fwd):  # no head input is patched here
             logits = forward(model, tokens[rows], mask, positions=_expand(at, len(tokens[rows])))
         if on_logits is not None:
             on_logits(logits, slice(start, start + len(logits)))
@@ -165,6 +166,7 @@ class _Pass:
     input_alpha: float | None = None  # run on ablated + alpha * (clean - ablated) input (integrated gradients)
 
 
+GATHER_BELOW = 0.75  # a correction copies out the senders it needs when they are fewer than this share of all
 DEFAULT_MEMORY_MB = 384.0  # EdgePatcher's budget for one chunk's activations
 
 
@@ -255,7 +257,7 @@ class EdgePatcher:
 
         All of the first `n_senders` senders feed every receiver in `cols`, so the sum also equals
         sum_s D_s - sum_s (1 - removed[s, r]) * D_s. Whichever form has fewer senders with a non-zero
-        weight is used, and only those senders' rows of D and those receivers' columns are touched:
+        weight is used, and only those receivers' columns (and, when they are few, those senders' rows of D) are touched:
         a circuit keeps few edges and an ACDC step removes few, so both cost far less than the dense product.
         """
         w = st.removed[:, :n_senders, cols]  # [C, S', n_cols]
@@ -273,7 +275,7 @@ class EdgePatcher:
         else:
             rows = removing
         columns = w.any(dim=1).any(dim=0).nonzero()[:, 0]  # [k] receivers with a non-zero weight
-        if not bool(rows.all()):
+        if int(rows.sum()) < GATHER_BELOW * n_senders:  # copying most rows of D costs more than multiplying zeros
             index = rows.nonzero()[:, 0]
             w, deltas = w[:, index], deltas[:, index]
         values = torch.bmm(w[:, :, columns].transpose(1, 2), deltas)  # [C, k, b*p*d]
@@ -535,7 +537,8 @@ class EdgePatcher:
         self.backward_passes += (idx.stop - idx.start) / len(self.tokens)
         for col, gr in zip(cols, grads, strict=True):
             if gr is not None:
-                summed[col] = gr / ig_steps + summed.get(col, 0)
+                gr = gr / ig_steps if ig_steps > 1 else gr
+                summed[col] = summed[col] + gr if col in summed else gr
 
     def _edge_grads(self, deltas: torch.Tensor, gr: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
         """<D_s, grad at receiver> for the receivers of one hook: deltas [S, b*p, d] -> [S, n_cols] (float64).

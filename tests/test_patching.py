@@ -202,3 +202,36 @@ def test_grouped_kv_masks_must_agree():
         patcher.logits(kept)
     kept[graph.edge_index("input->a1.h1<k>")] = False  # the whole group: fine
     patcher.logits(kept)
+
+
+def test_the_ablated_cache_runs_without_per_head_inputs_and_equals_the_split_run(any_model, prompts):
+    """The cache pass reads q, k and v from the shared residual stream (the bridge's split q/k/v inputs are off during
+    it, then on again, also after an error): the senders' outputs are those of the split run."""
+    from acdc_lite.models import shared_qkv_input
+
+    name, model = any_model
+    _, corrupt = prompts
+    graph = ModelGraph.from_model(model)
+    fired = []
+    probe = [(hooks.head_input(0, "q"), lambda x, hook: fired.append(x.shape))]
+    with torch.no_grad(), model.hooks(fwd_hooks=probe):
+        split = [model(corrupt)]  # the per-head input hook fires: the split is on
+    assert len(fired) == 1
+    stored = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[(g.hook, lambda x, hook, i=i: stored.__setitem__(i, x.clone()))
+                                                 for i, g in enumerate(graph.sender_groups)]):
+        model(corrupt)
+    cache = ablated_outputs(model, graph, corrupt)
+    for i, g in enumerate(graph.sender_groups):
+        torch.testing.assert_close(cache[i], _group_view(stored[i], g.size), atol=1e-5, rtol=1e-5)
+    if name.startswith("small"):
+        return  # our own model computes per-head inputs always
+    with pytest.raises(RuntimeError, match="inside"):
+        with shared_qkv_input(model):
+            assert not model.cfg.use_split_qkv_input
+            raise RuntimeError("inside")
+    assert model.cfg.use_split_qkv_input
+    with torch.no_grad(), model.hooks(fwd_hooks=probe):
+        split.append(model(corrupt))
+    assert len(fired) == 2
+    torch.testing.assert_close(split[0], split[1])
