@@ -545,12 +545,13 @@ class EdgePatcher:
         `real` [b, p]: positions outside it (padding) are left out of the sum."""
         if gr.dim() == 3:
             gr = gr[:, :, None]
+        elif gr.shape[2] != self.graph.n_heads:
+            # grouped k/v input (one per group; one for all heads with multi-query attention): each head's receiver
+            # moves the group's input by 1/group of its correction
+            gr = gr.repeat_interleave(self.kv_group, dim=2) / self.kv_group
         if real is not None:
             gr = torch.where(real.to(gr.device)[:, :, None, None], gr, 0)
         b, p, n, d = gr.shape
-        if n > 1 and n != self.graph.n_heads:
-            # grouped k/v input: each head's receiver moves the group's input by 1/group of its correction
-            gr = gr.repeat_interleave(self.kv_group, dim=2) / self.kv_group
         cols = gr.reshape(b * p, -1, d).transpose(0, 1).reshape(-1, b * p * d)  # [n_cols, b*p*d]
         return (deltas.reshape(deltas.shape[0], -1) @ cols.T).double()
 

@@ -187,3 +187,36 @@ def test_validation_on_the_trained_model_is_tied(induction_gqa):
     assert report.curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
     assert report.faithfulness == pytest.approx(circuit.metrics["faithfulness"], abs=1e-4)
     assert circuit.to_dict()["kv_grouping"]["group_size"] == 2
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "llama-mqa"])
+def test_a_kv_units_gradient_is_the_derivative_of_its_shared_input(family):
+    """The k (v) edges from one sender into a group's heads move the group's one input together: the sum of their
+    gradients is the derivative of the metric along that unit (a central difference), with 2 k/v heads and with 1."""
+    import transformers
+
+    from acdc_lite.graph import Port
+    from acdc_lite.patching import ablated_outputs
+
+    torch.manual_seed(0)  # larger weights than HF's 0.02, so that one unit moves the metric well above float noise
+    config = transformers.LlamaConfig(**{**BY_NAME[family].kwargs, "initializer_range": 0.2})
+    model = load_model(transformers.LlamaForCausalLM(config).eval())
+    graph = ModelGraph.from_model(model)
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(1, VOCAB, (4, 6), generator=g), torch.randint(1, VOCAB, (4, 6), generator=g)
+    patcher = EdgePatcher(model, graph, clean, ablated_outputs(model, graph, corrupt))
+
+    def metric(logits, idx):
+        return logits[:, -1, 3] - logits[:, -1, 5]
+
+    _, grad = patcher.mask_gradient(metric)
+    for port in (Port.K, Port.V):
+        cols = [graph.head_receiver(1, port, h) for h in range(graph.kv_group)]  # the first group's heads
+        sender = int(grad[:, cols].sum(1).abs().argmax())  # the unit that moves the metric most
+        unit = torch.zeros(graph.valid.shape)
+        unit[sender, cols] = 1.0
+        eps = 1e-2
+        up, down = (float(patcher.evaluate(graph.valid.float() + e * unit, metric)[0]) for e in (eps, -eps))
+        derivative = (up - down) / (2 * eps)
+        assert abs(derivative) > 1e-2
+        assert float(grad[sender, cols].sum()) == pytest.approx(derivative, rel=2e-2)
