@@ -296,11 +296,15 @@ class EdgePatcher:
             def hook(x, hook):
                 x4 = _group_view(x, group.size)
                 cb, p, n, d = x4.shape
-                c = st.n_candidates
-                delta = x4.view(c, cb // c, p, n, d) - st.ablated[i]
+                c, b = st.n_candidates, cb // st.n_candidates
                 if st.deltas is None:  # every slot is written by its sender before any receiver reads it
-                    st.deltas = x4.new_empty(c, g.n_senders, (cb // c) * p, d)
-                st.deltas[:, group.start:group.start + n] = delta.view(c, -1, n, d).transpose(1, 2)
+                    st.deltas = x4.new_empty(c, g.n_senders, b * p, d)
+                slot = st.deltas[:, group.start:group.start + n]  # [C, n, b*p, d]
+                if torch.is_grad_enabled() and x4.requires_grad:  # differentiable: the gradient flows through D
+                    slot[:] = (x4.view(c, b, p, n, d) - st.ablated[i]).view(c, -1, n, d).transpose(1, 2)
+                else:  # written in place, in the slot's layout
+                    torch.sub(x4.view(c, b, p, n, d).permute(0, 3, 1, 2, 4), st.ablated[i].permute(2, 0, 1, 3)[None],
+                              out=slot.view(c, n, b, p, d))
                 return x
             return hook
 
