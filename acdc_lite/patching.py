@@ -449,15 +449,18 @@ class EdgePatcher:
             chunks[idx.start] = _PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
         return Prefix(chunks)
 
-    def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1) -> tuple[float, torch.Tensor]:
-        """Mean metric and its gradient d metric / d kept [S, R] at mask `kept` (default: all edges kept).
+    def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1,
+                      per_example: bool = False) -> tuple[float, torch.Tensor] | tuple[float, torch.Tensor, torch.Tensor]:
+        """Mean metric and its gradient d metric / d kept [S, R] at mask `kept` (default: all edges kept); with
+        `per_example`, also each example's metric there [B].
 
         One forward and one backward pass per chunk; zero outside valid edges. With `ig_steps` = m > 1,
         the receiver gradients are averaged over inputs interpolated from the ablated to the clean input
         (alpha = 1/m, 2/m, ..., 1) and multiplied by the clean differences: EAP-IG's integrated gradients.
         """
-        value, grad, _ = self._gradient(metric, kept, ig_steps, record=False)
-        return value, grad
+        each: list[torch.Tensor] = []
+        value, grad, _ = self._gradient(metric, kept, ig_steps, record=False, each=each)
+        return (value, grad, torch.cat(each)) if per_example else (value, grad)
 
     def probe(self, metric: Metric, kept: torch.Tensor, ig_steps: int = 1,
               wanted: Callable[[float], bool] | None = None) -> tuple[float, torch.Tensor | None, Prefix | None]:
@@ -479,7 +482,8 @@ class EdgePatcher:
         return self._gradient(metric, kept, ig_steps, record=True, wanted=wanted)
 
     def _gradient(self, metric: Metric, kept: torch.Tensor | None, ig_steps: int, record: bool,
-                  wanted: Callable[[float], bool] | None = None) -> tuple[float, torch.Tensor | None, Prefix | None]:
+                  wanted: Callable[[float], bool] | None = None,
+                  each: list[torch.Tensor] | None = None) -> tuple[float, torch.Tensor | None, Prefix | None]:
         g = self.graph
         kept = g.full_mask() if kept is None else kept
         removed = self.removed_weights(kept)
@@ -527,6 +531,8 @@ class EdgePatcher:
                     st, values = forward(idx, step)
                     self._add_receiver_grads(summed, st, values, idx, ig_steps)
                 total += float(values.detach().sum())
+                if each is not None:  # each example's metric at the last (clean) step
+                    each.append(values.detach()[0].cpu())
                 finish(idx, st, summed)
         return total / len(self.tokens), (grad * g.valid).to(torch.float32), Prefix(recorded) if record else None
 
@@ -556,8 +562,8 @@ class EdgePatcher:
         if real is not None:
             gr = torch.where(real.to(gr.device)[:, :, None, None], gr, 0)
         b, p, n, d = gr.shape
-        cols = gr.reshape(b * p, -1, d).transpose(0, 1).reshape(-1, b * p * d)  # [n_cols, b*p*d]
-        return (deltas.reshape(deltas.shape[0], -1) @ cols.T).double()
+        # one product per token, summed over tokens: no copy of the gradients into [n_cols, b*p*d]
+        return torch.bmm(deltas.transpose(0, 1), gr.reshape(b * p, -1, d).transpose(1, 2)).sum(0).double()
 
 
 @dataclass

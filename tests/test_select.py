@@ -185,3 +185,33 @@ def test_noisy_metric_stops_at_the_anchor():
     assert chosen.evaluations == 1 and chosen.forward_passes <= 1.5
     assert chosen.faithfulness >= 0.9
     assert chosen.metric == pytest.approx(float(ctx.evaluate(chosen.kept)), abs=1e-5)
+
+
+def test_known_full_and_empty_values_leave_them_out_of_the_sketch():
+    """The gradient pass measured each prompt's m(full), the corrupted run its m(empty): given them, the sketch evaluates
+    only the prefixes (two circuits fewer on its prompts) and the selection is the same."""
+    torch.manual_seed(0)
+    model = load_model("induction-attn-2l")
+    task = load_task(zoo.card("induction-attn-2l")["task"]["name"], model, n_examples=32, seed=0)
+    ctx = SearchContext.build(model, task, "logit_diff")
+    value, grad, full_values = ctx.patcher.mask_gradient(ctx.metric, per_example=True)
+    assert full_values.shape == (len(task),) and float(full_values.mean()) == pytest.approx(value, abs=1e-5)
+    empty_values = ctx.corrupt_values
+    assert float(empty_values.mean()) == pytest.approx(ctx.corrupt_metric, abs=1e-5)
+    torch.testing.assert_close(full_values, ctx.patcher.evaluate(ctx.graph.full_mask(), ctx.metric, per_example=True)[0],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(empty_values, ctx.patcher.evaluate(ctx.graph.empty_mask(), ctx.metric, per_example=True)[0],
+                               atol=1e-4, rtol=1e-4)
+    full, empty = ctx.reference(full=value)
+    runs = {}
+    for known in (False, True):
+        before = ctx.patcher.forward_passes
+        chosen = select.select_faithful(ctx, grad.masked_fill(~ctx.graph.valid, float("nan")), 0.9, metric_full=full,
+                                        metric_empty=empty, finalize=lambda m: prune_dangling(ctx.graph, m),
+                                        full_values=full_values if known else None,
+                                        empty_values=empty_values if known else None)
+        runs[known] = (chosen, ctx.patcher.forward_passes - before)
+    (plain, plain_cost), (known, known_cost) = runs[False], runs[True]
+    assert torch.equal(known.kept, plain.kept) and known.metric == pytest.approx(plain.metric, abs=1e-6)
+    sketch_rows = select._rows_for(len(task), 0.5, 8, extra=2)[0]
+    assert plain_cost - known_cost == pytest.approx(2 * len(sketch_rows) / len(task))

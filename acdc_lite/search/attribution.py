@@ -32,11 +32,12 @@ class Scores:
 
     scores: torch.Tensor
     metric_full: float
+    full_values: torch.Tensor | None = None  # [N] each example's metric with every edge kept, when measured
 
 
 def eap(ctx: SearchContext, ig_steps: int = 1) -> Scores:
-    value, grad = ctx.patcher.mask_gradient(ctx.metric, ig_steps=ig_steps)
-    return Scores(grad.masked_fill(~ctx.graph.valid, float("nan")), value)
+    value, grad, each = ctx.patcher.mask_gradient(ctx.metric, ig_steps=ig_steps, per_example=True)
+    return Scores(grad.masked_fill(~ctx.graph.valid, float("nan")), value, each)
 
 
 def eap_ig(ctx: SearchContext, ig_steps: int = 5) -> Scores:

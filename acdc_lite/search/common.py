@@ -40,6 +40,7 @@ class SearchContext:
     _reference: tuple[float, float] | None = None
     _counting: bool = False
     corrupt_metric: float | None = None  # mean metric of the plain run on the corrupted prompts (resample ablation)
+    corrupt_values: torch.Tensor | None = None  # [N] each example's metric in that run (= m(empty) under resample)
 
     @classmethod
     def build(cls, model: nn.Module, task: Task, metric: str | None = None, ablation: Ablation | str = Ablation.RESAMPLE,
@@ -48,12 +49,15 @@ class SearchContext:
         ablation = Ablation(ablation)
         metric_fn = task.metric(metric, model=model)
         total = torch.zeros(1)  # summed as `EdgePatcher.evaluate` sums, so equal runs give equal numbers
+        each = torch.zeros(len(task.clean))
 
         at_positions = isinstance(metric_fn, PositionMetric)  # the cache pass computes only the logits it reads
 
         def on_logits(logits: torch.Tensor, rows: slice) -> None:
             fn = metric_fn.at if at_positions else metric_fn
-            total.add_(fn(logits, torch.arange(rows.start, rows.stop, device=logits.device)).sum().cpu())
+            values = fn(logits, torch.arange(rows.start, rows.stop, device=logits.device)).detach().cpu()
+            total.add_(values.sum())
+            each[rows] = values.float()
 
         resample = ablation is Ablation.RESAMPLE
         ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask,
@@ -61,7 +65,8 @@ class SearchContext:
         patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
         corrupt = float(total / len(task.clean)) if resample else None
         corrupt = corrupt if corrupt is not None and math.isfinite(corrupt) else None  # else evaluate() says why
-        return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation, corrupt_metric=corrupt)
+        return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation, corrupt_metric=corrupt,
+                   corrupt_values=each if corrupt is not None else None)
 
     def evaluate(self, kept: torch.Tensor, **kw) -> torch.Tensor:
         """Mean metric of one [S, R] mask (a float) or of [C, S, R] candidates ([C])."""

@@ -68,7 +68,8 @@ def predicted_faithfulness(graph: ModelGraph, scores: torch.Tensor, ranked: torc
 def select_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.9, *, metric_full: float,
                     metric_empty: float, absolute: bool = True, sketch_passes: float = 0.5, scan_passes: float = 0.5,
                     budget: float = 2.6, limit: float = 5.0, reach: float = 1.5,
-                    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Selection:
+                    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    full_values: torch.Tensor | None = None, empty_values: torch.Tensor | None = None) -> Selection:
     """A short prefix of the ranking whose (finalized, e.g. dangling-pruned) circuit reaches `target` faithfulness,
     close to the shortest one, for about `budget` forward passes (never more than `limit`).
 
@@ -83,6 +84,8 @@ def select_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.
        target, while the spend stays under `budget` and the bracket (longest failing, shortest passing prefix
        measured) is wider than 5%; with no prefix confirmed yet, step up (by 10% to 50%) to the next prefix the scan
        or the sketch says reaches it (doubling once the scan has misled), until `limit`: then every edge.
+    `full_values`, `empty_values` [N]: each prompt's metric with every edge kept and with none, when earlier passes
+    measured them (a gradient pass, the corrupted run under resample ablation): the sketch then skips those circuits.
     Every edge passes, so the result always reaches the target. When the anchor's faithfulness is too uncertain
     over the prompts (standard error > `NOISE_LIMIT`, e.g. a random model whose clean and corrupted metrics
     barely differ), no finer choice means anything: the anchor if it reaches the target, else every edge.
@@ -128,7 +131,11 @@ def select_faithful(ctx: SearchContext, scores: torch.Tensor, target: float = 0.
         same = twin(p, list(owner))
         owner[p] = p if same is None else same
     unique = [p for p in points if owner[p] == p]
-    values = _values_on(ctx, rows, torch.stack([graph.valid, torch.zeros_like(graph.valid)] + [mask(p) for p in unique]))
+    if full_values is not None and empty_values is not None:  # the full and empty circuits' values here are known
+        known = torch.stack([full_values[rows], empty_values[rows]]).to(torch.float64)
+        values = torch.cat([known, _values_on(ctx, rows, torch.stack([mask(p) for p in unique])).double()]) if unique else known
+    else:
+        values = _values_on(ctx, rows, torch.stack([graph.valid, torch.zeros_like(graph.valid)] + [mask(p) for p in unique]))
     values = values.double().mean(1)
     sub_gap = float(values[0] - values[1])
     sketch = {0: 0.0, last: 1.0} | {p: float(v - values[1]) / sub_gap if sub_gap else 0.0

@@ -59,7 +59,8 @@ def select_circuit(ctx, method: str, attr, options: SelectionOptions, params: di
             kept = select.threshold(graph, scores, options.threshold)
         elif options.level == "edge":  # measures the circuit it picks (dangling edges pruned): no final evaluation
             chosen = select.select_faithful(ctx, scores, options.target_faithfulness, metric_full=metric_full,
-                                            metric_empty=metric_empty, finalize=lambda m: prune_dangling(graph, m))
+                                            metric_empty=metric_empty, finalize=lambda m: prune_dangling(graph, m),
+                                            full_values=attr.full_values, empty_values=ctx.corrupt_values)
             kept, metric_circuit = chosen.kept, chosen.metric
         else:
             kept = select.until_faithful(ctx, scores, options.target_faithfulness, metric_full=metric_full,
