@@ -175,10 +175,11 @@ def chunk_rows(n_senders: int, d_model: int, n_heads: int, n_layers: int, d_voca
     """(eval_rows, grad_rows): prompts per chunk of a patched pass (per candidate mask; callers also cap it at the
     batch size) and of a gradient pass (at most `batch_size`), so a chunk's activations stay within `memory_mb`. A
     patched pass holds every sender's difference and a few per-head activations per token; a gradient pass keeps
-    the per-head q/k/v inputs of every layer, their normed copies and projections for the backward pass."""
+    the per-head q/k/v inputs of every layer and what their norms and projections need for the backward pass to the
+    inputs (weights are frozen there: nothing is kept for their gradients)."""
     per_prompt = seq_len * 4 / 2**20  # MB per prompt per float held per token
     eval_floats = n_senders * d_model + 6 * n_heads * d_model + 2 * d_vocab
-    grad_floats = n_senders * d_model + n_layers * (9 * n_heads + 16) * d_model + 3 * d_vocab
+    grad_floats = n_senders * d_model + n_layers * (5 * n_heads + 12) * d_model + 3 * d_vocab
     return max(1, int(memory_mb / (eval_floats * per_prompt))), max(1, min(batch_size, int(memory_mb / (grad_floats * per_prompt))))
 
 
@@ -286,6 +287,8 @@ class EdgePatcher:
         g = self.graph
         fwd = []
         h = g.n_heads
+        if st.collect and start_layer == 0:  # weights are frozen in a gradient pass: the graph starts at the input
+            fwd.append((hooks.INPUT, lambda x, hook: x.detach().requires_grad_(True)))
         if st.input_alpha is not None and start_layer == 0:
             def interpolate(x, hook):
                 a = st.ablated[0].view(*st.ablated[0].shape[:2], -1)
@@ -497,7 +500,7 @@ class EdgePatcher:
         def forward(idx: slice, step: int) -> tuple[_Pass, torch.Tensor]:
             st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
             st.input_alpha = None if step == ig_steps else step / ig_steps
-            with torch.enable_grad():
+            with torch.enable_grad(), frozen_weights(self.model):
                 logits = self._run(st, idx, positions=_positions(metric, idx))
                 return st, self._metric(metric, logits, idx, 1)
 
@@ -577,6 +580,20 @@ class Prefix:
     """Per-chunk residual streams and sender differences of one recorded pass (see `record_prefix`)."""
 
     chunks: dict[int, _PrefixChunk]
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module):
+    """Run with no parameter requiring a gradient (restored afterwards): a gradient pass wants gradients at receiver
+    inputs only, and autograd then keeps no activation for the weights' gradients (less memory per prompt)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @contextlib.contextmanager

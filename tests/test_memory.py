@@ -65,9 +65,10 @@ def test_estimate_chunks_as_the_patcher_does():
     from acdc_lite.patching import chunk_rows
 
     eval_rows, grad_rows = chunk_rows(GPT2_SMALL.n_senders, 768, 12, 12, 50257, 16, 8)
-    assert (eval_rows, grad_rows) == (22, 4)  # 384 MB per chunk at GPT-2 small, 16 tokens
-    four, eight = (estimate(GPT2_SMALL, "eap", 32, 16, b) for b in (4, 8))
-    assert four.phases["gradient pass"] == eight.phases["gradient pass"]  # both run 4 prompts per gradient chunk
+    assert (eval_rows, grad_rows) == (22, 6)  # 384 MB per chunk at GPT-2 small, 16 tokens
+    six, eight = (estimate(GPT2_SMALL, "eap", 32, 16, b) for b in (6, 8))
+    assert six.phases["gradient pass"] == eight.phases["gradient pass"]  # both run 6 prompts per gradient chunk
+    four = estimate(GPT2_SMALL, "eap", 32, 16, 4)
     assert eight.phases["patched passes"]["sender differences"] == 2 * four.phases["patched passes"]["sender differences"]
 
 

@@ -235,3 +235,32 @@ def test_the_ablated_cache_runs_without_per_head_inputs_and_equals_the_split_run
         split.append(model(corrupt))
     assert len(fired) == 2
     torch.testing.assert_close(split[0], split[1])
+
+
+def test_a_gradient_pass_freezes_the_weights_and_restores_them(any_model, prompts):
+    """Gradients are taken at receiver inputs only, so a gradient pass runs with the weights frozen (autograd keeps
+    nothing for their gradients) and gives every parameter its flag back, also when the metric fails (the gradients
+    themselves are checked against exact patching in test_search and test_architectures)."""
+    from acdc_lite.patching import frozen_weights
+
+    _, model = any_model
+    clean, corrupt = prompts
+    graph = ModelGraph.from_model(model)
+    patcher = EdgePatcher(model, graph, clean, ablated_outputs(model, graph, corrupt), batch_size=2)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert all(flags)
+    seen = []
+
+    def metric(logits, idx):
+        seen.append([p.requires_grad for p in model.parameters()])
+        return last_logit_diff(logits, idx)
+
+    _, grad = patcher.mask_gradient(metric)
+    assert seen and not any(any(s) for s in seen)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(ZeroDivisionError):
+        patcher.mask_gradient(lambda logits, idx: 1 / 0)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with frozen_weights(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert grad.abs().max() > 0
