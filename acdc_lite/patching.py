@@ -160,6 +160,7 @@ class _Pass:
     n_candidates: int
     deltas: torch.Tensor | None = None  # [C, S, b*p, d]: D_s of every sender, filled as senders fire
     collect: bool = False  # keep receiver inputs for a backward pass
+    grad_through_deltas: bool = False  # a backward pass goes through D (some edge is removed: corrections read D)
     receiver_inputs: dict[int, torch.Tensor] | None = None  # first receiver column -> patched input
     resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
     ablated: list[torch.Tensor] | None = None  # per group, this chunk's rows: [b|1, p|1, n, d]
@@ -303,11 +304,11 @@ class EdgePatcher:
                 if st.deltas is None:  # every slot is written by its sender before any receiver reads it
                     st.deltas = x4.new_empty(c, g.n_senders, b * p, d)
                 slot = st.deltas[:, group.start:group.start + n]  # [C, n, b*p, d]
-                if torch.is_grad_enabled() and x4.requires_grad:  # differentiable: the gradient flows through D
+                if st.grad_through_deltas and torch.is_grad_enabled() and x4.requires_grad:  # the gradient flows through D
                     slot[:] = (x4.view(c, b, p, n, d) - st.ablated[i]).view(c, -1, n, d).transpose(1, 2)
                 else:  # written in place, in the slot's layout
-                    torch.sub(x4.view(c, b, p, n, d).permute(0, 3, 1, 2, 4), st.ablated[i].permute(2, 0, 1, 3)[None],
-                              out=slot.view(c, n, b, p, d))
+                    torch.sub(x4.detach().view(c, b, p, n, d).permute(0, 3, 1, 2, 4),
+                              st.ablated[i].permute(2, 0, 1, 3)[None], out=slot.view(c, n, b, p, d))
                 return x
             return hook
 
@@ -396,8 +397,8 @@ class EdgePatcher:
         return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
 
     def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False) -> _Pass:
-        return _Pass(removed=removed, n_candidates=removed.shape[0],
-                     collect=collect,
+        return _Pass(removed=removed, n_candidates=removed.shape[0], collect=collect,
+                     grad_through_deltas=collect and bool(removed.any()),
                      receiver_inputs={} if collect else None, resid_pre={} if record else None)
 
     @torch.no_grad()
