@@ -59,7 +59,7 @@ FLOAT = 4  # bytes: scores and activations are float32
 # gradient pass (`patching.frozen_weights`), so nothing is kept for their gradients: 35-50% less than with them.
 SAVED_PER_LAYER = {
     "bridge": {"bphd": 4.5, "bpd": 6.0, "bpf": 3.0, "bhpp": 2.0},  # TransformerBridge (counted 1.0x on GPT-2, 1.4x on Llama)
-    "small": {"bphd": 2.0, "bpd": 6.0, "bpf": 2.0, "bhpp": 2.0},  # SmallTransformer
+    "small": {"bphd": 1.0, "bpd": 3.0, "bpf": 1.0, "bhpp": 2.0},  # SmallTransformer
 }
 
 

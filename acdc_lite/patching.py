@@ -324,8 +324,8 @@ class EdgePatcher:
             else:
                 out = corr.subtract(x, lo, hi)
             if st.collect:
-                # a receiver's own tensor, so its gradient is only the path through this receiver
-                out = out.clone() if out is x else out
+                # a receiver's own tensor (a view: no copy), so its gradient is only the path through this receiver
+                out = out.view_as(out) if out is x else out
                 st.receiver_inputs[col] = out
             return out
 
