@@ -129,15 +129,18 @@ def test_candidate_batch_equals_separate_passes(any_model, prompts):
 
 
 @pytest.mark.parametrize("memory_mb", [384.0, 1e-3])  # every chunk's forward kept for the decision / one pass more
-def test_probe_runs_its_backward_only_when_wanted(small_model, prompts, memory_mb):
+def test_probe_runs_its_backward_only_when_wanted(any_model, prompts, memory_mb):
     """A gradient decided on its forward pass: refused, it costs one forward and no backward; wanted, it equals
     `mask_gradient` and `record_prefix` at the same mask, with one backward (and one more forward when the budget
     cannot keep every chunk's forward pass until the decision)."""
+    from acdc_lite.graph import tie_kv_groups
+
+    _, model = any_model
     clean, corrupt = prompts
-    graph = ModelGraph.from_model(small_model)
-    patcher = EdgePatcher(small_model, graph, clean, ablated_outputs(small_model, graph, corrupt), batch_size=2,
-                          memory_mb=memory_mb)
+    graph = ModelGraph.from_model(model)
+    patcher = EdgePatcher(model, graph, clean, ablated_outputs(model, graph, corrupt), batch_size=2, memory_mb=memory_mb)
     kept = graph.valid & (torch.rand(graph.valid.shape, generator=torch.Generator().manual_seed(5)) < 0.6)
+    kept = tie_kv_groups(graph, kept)
     expected_value, expected_grad = patcher.mask_gradient(last_logit_diff, kept)
     spent = patcher.passes()
     seen = []

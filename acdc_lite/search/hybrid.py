@@ -132,11 +132,15 @@ def _remove_jointly(ctx: SearchContext, kept: torch.Tensor, current: float, unit
     candidate = prune_dangling(graph, candidate)
     predicted = sum(max(float(estimate[rows[0], cols[0]]), 0.0) for rows, cols in units)
     allowed = predicted + config.slack * config.tau
+
+    def goes(value: float) -> bool:
+        return current - value <= allowed
+
     if probe:
-        value, grad, prefix = ctx.patcher.probe(ctx.metric, candidate, wanted=lambda v: current - v <= allowed)
+        value, grad, prefix = ctx.patcher.probe(ctx.metric, candidate, wanted=goes)
     else:
         value = float(ctx.evaluate(candidate))
-    accepted = current - value <= allowed
+    accepted = goes(value)
     trajectory.append({"phase": "joint", "units": len(units), "removed": int((kept & ~candidate).sum()),
                        "predicted": predicted, "allowed": allowed, "measured": current - value, "accepted": accepted,
                        "metric": value if accepted else current, **ctx.patcher.passes()})
