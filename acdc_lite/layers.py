@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models, task", ("acdc_lite.models", "acdc_lite.task", "acdc_lite.zoo")),
     ("graph", ("acdc_lite.graph",)),
     ("ranking", ("acdc_lite.ranking",)),
-    ("patching", ("acdc_lite.patching",)),
+    ("patching", ("acdc_lite.patching", "acdc_lite.incremental")),
     ("circuit", ("acdc_lite.circuit",)),
     ("search", ("acdc_lite.search",)),
     ("validate", ("acdc_lite.validate",)),

@@ -165,6 +165,7 @@ class _Pass:
     resid_pre: dict[int, torch.Tensor] | None = None  # layer -> residual entering it (for suffix runs)
     ablated: list[torch.Tensor] | None = None  # per group, this chunk's rows: [b|1, p|1, n, d]
     input_alpha: float | None = None  # run on ablated + alpha * (clean - ablated) input (integrated gradients)
+    inputs_of: frozenset[int] = frozenset()  # first receiver columns whose patched inputs are kept (no gradient)
 
 
 GATHER_BELOW = 0.75  # a correction copies out the senders it needs when they are fewer than this share of all
@@ -327,6 +328,8 @@ class EdgePatcher:
                 # a receiver's own tensor (a view: no copy), so its gradient is only the path through this receiver
                 out = out.view_as(out) if out is x else out
                 st.receiver_inputs[col] = out
+            elif col in st.inputs_of:
+                st.receiver_inputs[col] = out
             return out
 
         def attn_hooks(layer: int):
@@ -376,11 +379,12 @@ class EdgePatcher:
         mask = None if self.attention_mask is None else self.attention_mask[idx].repeat(c, 1)
         st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
         if start_layer > 0:
-            chunk = prefix.chunks[idx.start]
+            chunk = prefix.chunks[idx.start]  # its deltas and residual: one mask's (shared) or each candidate's
             n_before = 1 + start_layer * self.graph.senders_per_layer
-            st.deltas = chunk.deltas.new_empty(c, *chunk.deltas.shape[1:])
+            st.deltas = chunk.deltas.new_empty(c, self.graph.n_senders, *chunk.deltas.shape[2:])
             st.deltas[:, :n_before] = chunk.deltas[:, :n_before]
-            resid = chunk.resid_pre[start_layer].repeat(c, 1, 1)
+            resid = chunk.resid_pre[start_layer]
+            resid = resid if len(resid) == c * len(tokens) else resid.repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
                 logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid, positions=at)
         else:
@@ -396,10 +400,11 @@ class EdgePatcher:
         rows = rows or max(1, min(self.batch_size, self.eval_rows // candidates))
         return [slice(s, min(s + rows, n)) for s in range(0, n, rows)]
 
-    def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False) -> _Pass:
+    def _new_pass(self, removed: torch.Tensor, collect: bool = False, record: bool = False,
+                  inputs_of: frozenset[int] = frozenset()) -> _Pass:
         return _Pass(removed=removed, n_candidates=removed.shape[0], collect=collect,
-                     grad_through_deltas=collect and bool(removed.any()),
-                     receiver_inputs={} if collect else None, resid_pre={} if record else None)
+                     grad_through_deltas=collect and bool(removed.any()), inputs_of=inputs_of,
+                     receiver_inputs={} if collect or inputs_of else None, resid_pre={} if record else None)
 
     @torch.no_grad()
     def logits(self, kept: torch.Tensor) -> torch.Tensor:

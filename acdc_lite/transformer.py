@@ -82,18 +82,38 @@ class Attention(nn.Module):
         k = self.hook_k(torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        if self.cfg.causal:
-            n = scores.shape[-1]
-            future = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        if attention_mask is not None:
-            n = scores.shape[-1]
-            eye = torch.eye(n, dtype=torch.bool, device=scores.device)
-            hidden = ~attention_mask.bool()[:, None, None, :] & ~eye  # [b, 1, q, k]
-            scores = scores.masked_fill(hidden, float("-inf"))
+        hidden = self.hidden_keys(scores.shape[-1], None, attention_mask)
+        if hidden is not None:
+            scores = scores.masked_fill(hidden[:, None] if hidden.dim() == 3 else hidden, float("-inf"))
         pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
         return self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+
+    def hidden_keys(self, n_keys: int, query_positions: torch.Tensor | None,
+                    attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """[q, k] or [b, q, k] bool: True where a query may not attend a key (a later key; a padded key other than
+        itself, see `forward`), or None. `query_positions` [b, q] (None: every position, in order)."""
+        keys = torch.arange(n_keys, device=self.W_Q.device)
+        queries = keys[:, None] if query_positions is None else query_positions.to(keys.device)[..., None]
+        hidden = (keys > queries) if self.cfg.causal else None
+        if attention_mask is not None:
+            padded = ~attention_mask.bool().to(keys.device)[:, None, :] & (keys != queries)  # [b, q, k]
+            hidden = padded if hidden is None else hidden | padded
+        return hidden
+
+    def head_result(self, head: int, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                    query_positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One head's result [..., b, q, d_model] from its normalised inputs q_in [..., b, q, d_model] and k_in, v_in
+        [..., b, p, d_model] (leading dimensions broadcast), with its queries at `query_positions` [b, q] (None: all
+        p positions) and `attention_mask` [b, p] as in `forward`. Fires no hooks."""
+        q = q_in @ self.W_Q[head] + self.b_Q[head]
+        k = k_in @ self.W_K[head] + self.b_K[head]
+        v = v_in @ self.W_V[head] + self.b_V[head]
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head)  # [..., b, q, p]
+        hidden = self.hidden_keys(k.shape[-2], query_positions, attention_mask)
+        if hidden is not None:
+            scores = scores.masked_fill(hidden, float("-inf"))
+        return scores.softmax(dim=-1) @ v @ self.W_O[head]
 
 
 class MLP(nn.Module):
@@ -153,6 +173,7 @@ class SmallTransformer(HookedRootModule):
     """Decoder-only transformer with TransformerLens hook names; see module docstring."""
 
     supports_start_at_layer = True
+    supports_node_steps = True  # blocks expose ln1, attn.head_result, ln2, mlp (see acdc_lite.incremental)
 
     def __init__(self, cfg: SmallTransformerConfig):
         super().__init__()

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from acdc_lite.circuit import ModelRef
 from tests.cli_helpers import run, write_id_task
 
 
@@ -130,18 +131,21 @@ def test_resume_continues_an_interrupted_acdc_run(zoo_runs, monkeypatch):
     out = zoo_runs / "resumed"
     original, calls = Checkpointer.save, {"n": 0}
 
-    def interrupt_after_third_save(self, *args, **kwargs):
+    def interrupt_after_first_save(self, *args, **kwargs):
         original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Checkpointer, "save", interrupt_after_third_save)
+    monkeypatch.setattr(Checkpointer, "save", interrupt_after_first_save)
     res = run("discover", "--method", "acdc", "--n-examples", 24, "--out", out, "--quiet", "--checkpoint-every", 0)
     assert res.exit_code == 130 and (out / "checkpoint.json").is_file() and not (out / "circuit.json").exists()
     assert "--resume" in res.output and not (out / "run.lock").exists()
     done = json.loads((out / "checkpoint.json").read_text())["state"]["done_receivers"]
-    assert len(done) == 3  # one save per finished receiver: interrupted early, not at the end
+    model = ModelRef(**json.loads((zoo_runs / "acdc" / "circuit.json").read_text())["model"]).graph()
+    # node steps save where a layer ends: logits and the last layer's receivers are done, nothing below them
+    last = model.n_layers - 1
+    assert sorted(done) == list(range(last * model.receivers_per_layer, model.n_receivers))
     monkeypatch.setattr(Checkpointer, "save", original)
     res = run("discover", "--method", "acdc", "--n-examples", 12, "--out", out, "--quiet", "--resume")
     assert res.exit_code == 2 and "n_examples" in res.output and "task_hash" in res.output

@@ -25,8 +25,11 @@ def cli(out: Path, *extra: str) -> subprocess.Popen:
 
 
 def done_receivers(out: Path) -> int:
+    """Receivers the checkpoint covers, once the run record of that checkpoint is written too (right after it)."""
     try:
-        return len(json.loads((out / "checkpoint.json").read_text())["state"]["done_receivers"])
+        state = json.loads((out / "checkpoint.json").read_text())["state"]
+        record = json.loads((out / "run.json").read_text())
+        return len(state["done_receivers"]) if record["parts"][-1]["forward_passes"] == round(state["forward_passes"], 3) else 0
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -73,8 +76,8 @@ def test_sigkill_then_resume_gives_the_same_circuit(tmp_path, reference):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,receivers", [(signal.SIGINT, 2), (signal.SIGTERM, 6), (signal.SIGKILL, 12),
-                                           (signal.SIGTERM, 18)])
+# ACDC's node steps save where a layer ends: on the 2-layer default model, once (logits and layer 1) before the end
+@pytest.mark.parametrize("sig,receivers", [(signal.SIGINT, 1), (signal.SIGTERM, 1)])
 def test_signal_then_resume_gives_the_same_circuit(tmp_path, reference, sig, receivers):
     out = tmp_path / "run"
     code, err = interrupt_at(out, sig, receivers)

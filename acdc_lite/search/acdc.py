@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from acdc_lite.boundary import InputError
 from acdc_lite.graph import HEAD_PORTS, ModelGraph, NodeKind
+from acdc_lite.incremental import LayerSteps, supports_steps
 from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext, SearchResult, prune_dangling
 
@@ -51,6 +52,7 @@ class ACDCConfig:
     progress: bool = True
     start: torch.Tensor | None = None  # [S, R] bool: the edge set to start from (None: the full model)
     test: torch.Tensor | None = None  # [S, R] bool: the edges to test (None: all); the rest keep their state untested
+    node_steps: bool = True  # test node by node where the model allows it (acdc_lite.incremental); False: suffix passes
 
 
 def receiver_order(graph: ModelGraph) -> list[tuple[int, ...]]:
@@ -72,6 +74,11 @@ def _sender_order(graph: ModelGraph, receiver: int, shuffle_seed: int | None) ->
         g = torch.Generator().manual_seed(shuffle_seed * 100_003 + receiver)
         senders = [senders[i] for i in torch.randperm(len(senders), generator=g).tolist()]
     return senders
+
+
+def _stage(graph: ModelGraph, slot: tuple[int, ...]) -> int:
+    """The layer a test of this slot recomputes from (logits: the last layer)."""
+    return min(graph.receiver_layer(slot[0]), graph.n_layers - 1)
 
 
 def _feeds_anything(graph: ModelGraph, kept: torch.Tensor, slot: tuple[int, ...]) -> bool:
@@ -109,24 +116,31 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
     snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
     done = set(done_receivers)
     order = [slot for slot in receiver_order(graph) if slot[0] not in done]
+    steps_on, steps = config.node_steps and supports_steps(patcher) and graph.kv_group == 1, None
     bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
                desc="ACDC edges", disable=not config.progress, unit="edge")
     try:
-        for slot in order:
+        for n_slot, slot in enumerate(order):
             cols = list(slot)
             receiver, share = slot[0], 1 / len(slot)  # a tied unit's drop is shared by its edges
             senders = [s for s in _sender_order(graph, receiver, config.shuffle_seed) if kept[s, receiver] and to_test[s, receiver]]
             if not _feeds_anything(graph, kept, slot):
                 kept[:, cols] = False  # a node that feeds nothing needs no inputs
             else:
-                start_layer = min(graph.receiver_layer(receiver), graph.n_layers - 1)
+                start_layer = _stage(graph, slot)
+                if steps_on and (steps is None or steps.layer != start_layer):
+                    steps = LayerSteps(patcher, ctx.metric, kept, start_layer, prefix)
                 i, size = 0, 1
                 while i < len(senders):
                     chunk = senders[i:i + size]
-                    cands = kept[None].repeat(len(chunk), 1, 1)
-                    for k, s in enumerate(chunk):
-                        cands[k:, s, cols] = False
-                    values = ctx.evaluate(cands, start_layer=start_layer, prefix=prefix).tolist()
+                    if steps is not None:
+                        values = steps.try_removals(receiver, chunk)
+                    else:
+                        cands = kept[None].repeat(len(chunk), 1, 1)
+                        for k, s in enumerate(chunk):
+                            cands[k:, s, cols] = False
+                        values = ctx.evaluate(cands, start_layer=start_layer, prefix=prefix).tolist()
+                    removed_here = 0
                     for k, s in enumerate(chunk):
                         drop = current - values[k]
                         scores[s, cols] = drop * share
@@ -135,15 +149,21 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
                         if drop < config.tau:
                             kept[s, cols] = False
                             current = values[k]
+                            removed_here += 1
                         else:
                             break  # later candidates assumed this edge removed: re-test them
+                    if steps is not None:
+                        steps.accept(removed_here)
                     # speculate further after removals, less after a kept edge (the rest of its batch was wasted)
                     size = min(2 * size, config.batch) if drop < config.tau else 1
             bar.update(graph.n_senders_before(receiver) * len(slot))
             done_receivers += list(slot)
             trajectory.append({"receiver": "+".join(f"{graph.receivers[r][0]}<{graph.receivers[r][1].value}>" for r in slot),
                                "metric": current, "edges": int(kept.sum()), "forward_passes": patcher.forward_passes})
-            if config.checkpoint is not None:
+            # node steps keep a layer's state as they go: a state saved inside a layer would resume with other bits,
+            # so with them a snapshot is taken where a layer ends (a resumed run repeats at most that layer's tests)
+            at_boundary = steps is None or n_slot + 1 == len(order) or _stage(graph, order[n_slot + 1]) != steps.layer
+            if config.checkpoint is not None and at_boundary:
                 snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
                 if config.checkpoint.due():
                     config.checkpoint.save("acdc", {**snapshot, **patcher.passes()})
