@@ -9,6 +9,7 @@ import torch
 
 from acdc_lite import Task, discover, search
 from acdc_lite.boundary import UsageError
+from acdc_lite.incremental import LayerSteps
 from acdc_lite.search import SearchError
 from acdc_lite.search.common import SearchContext, prune_dangling
 
@@ -42,24 +43,26 @@ def test_search_refuses_when_corrupt_equals_clean(small_model, toy_task):
             search(small_model, same, method, tau=tau, progress=False)
 
 
-@pytest.mark.parametrize("method,at", [("acdc", 25), ("hybrid", 6), ("exact", 5), ("head-pruning", 4)])  # hybrid: in its band
+@pytest.mark.parametrize("method,at", [("acdc", 47), ("hybrid", 7), ("exact", 5), ("head-pruning", 4)])  # acdc, hybrid: in layer 0
 def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch, method, at):
     option, value, other = ("top_n", 5, 6) if method == "exact" else ("tau", 0.02, 0.03)  # exact has no tau
     whole = search(small_model, toy_task, method, progress=False, **{option: value})
     ckpt = str(tmp_path / "ckpt.json")
-    real = SearchContext.evaluate
     calls = {"n": 0}
 
-    def flaky(self, kept, **kw):
-        calls["n"] += 1
-        if calls["n"] == at:
-            raise KeyboardInterrupt
-        return real(self, kept, **kw)
+    def flaky(real):
+        def call(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise KeyboardInterrupt
+            return real(*args, **kw)
+        return call
 
-    monkeypatch.setattr(SearchContext, "evaluate", flaky)
+    for owner, name in ((SearchContext, "evaluate"), (LayerSteps, "try_removals")):  # ACDC's tests: node steps
+        monkeypatch.setattr(owner, name, flaky(getattr(owner, name)))
     with pytest.raises(KeyboardInterrupt):
         search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: value})
-    monkeypatch.setattr(SearchContext, "evaluate", real)
+    monkeypatch.undo()
     saved = json.loads(Path(ckpt).read_text())
     assert saved["method"] == ("acdc" if method == "hybrid" else method) and saved["state"]["forward_passes"] > 0
     with pytest.raises(UsageError, match=f"settings differ: {option}"):
@@ -210,9 +213,9 @@ def test_hybrid_final_check_counts_units_the_final_gradient_puts_below_tau(small
 @pytest.mark.parametrize("name,task_name", [("induction-attn-2l", "induction"), ("ioi-attn-2l", "ioi")])
 def test_hybrid_finds_acdcs_circuit(name, task_name):
     """Same metric and tau on two zoo models: ACDC's circuit (measured: 13 edges both, faithfulness 0.913 and 0.996),
-    within the hybrid's guarantee. On 81 edges the attribution passes weigh: forward-equivalents (forward +
-    2 x backward) measured 34 vs 38.5 on induction-attn-2l and 16 vs 33.5 on ioi-attn-2l (the pass count is
-    asserted on the latter, with its margin). On the retrained docstring-attn-2l the hybrid keeps one edge more
+    within the hybrid's guarantee. On 81 edges ACDC's node steps cost less than the hybrid's attribution passes
+    (ioi-attn-2l: ACDC 4.8 forward-equivalents, the hybrid 6.5 forward + 5 backward); the hybrid pays off on
+    larger graphs (benchmarks/hybrid.md). On the retrained docstring-attn-2l the hybrid keeps one edge more
     than ACDC (16 at 0.981 against 15 at 0.961; benchmarks/zoo.md)."""
     from acdc_lite import load_model, load_task
 
@@ -221,8 +224,6 @@ def test_hybrid_finds_acdcs_circuit(name, task_name):
     hybrid = search(model, task, "hybrid", progress=False)
     exact_acdc = search(model, task, "acdc", metric=task.default_metric, tau=hybrid.params["tau"], progress=False)
     assert torch.equal(hybrid.kept, exact_acdc.kept)
-    if name == "ioi-attn-2l":
-        assert hybrid.search_forward_passes + 2 * hybrid.backward_passes < 0.6 * exact_acdc.search_forward_passes
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(hybrid)
     assert not bad_accepts and not bad_rejects and abs(chain - start) < 1e-4
 
