@@ -99,8 +99,8 @@ class LayerSteps:
         ablated_heads = _at(self._ablated(groups[heads.start], idx).permute(2, 0, 1, 3).expand(g.n_heads, *shape), where)
         inputs = {first + h: st.receiver_inputs[first][:, :, h] for first in firsts for h in range(g.n_heads)}
         chunk = _Chunk(idx=idx, positions=where, mask=None if p.attention_mask is None else p.attention_mask[idx],
-                       deltas=deltas[:heads.start], inputs=inputs, results=_at(deltas[heads], where) + ablated_heads,
-                       ablated_heads=ablated_heads)
+                       deltas=self._before(deltas, heads.start, idx, prefix), inputs=inputs,
+                       results=_at(deltas[heads], where) + ablated_heads, ablated_heads=ablated_heads)
         if g.has_mlp:
             m = g.mlp_sender(layer)
             chunk.ablated_mlp = _at(self._ablated(groups[m], idx)[:, :, 0].expand(shape), where)
@@ -111,6 +111,14 @@ class LayerSteps:
         else:
             chunk.resid_post = st.resid_pre[layer + 1]
         return chunk
+
+    @staticmethod
+    def _before(deltas: torch.Tensor, n: int, idx: slice, prefix: Prefix | None) -> torch.Tensor:
+        """The first `n` senders' differences [n, b, p, d]: the prefix's own rows where it has them (the pass copied
+        them from there), so the pass's buffer of every sender is not kept alive."""
+        if prefix is None or n == 1:
+            return deltas[:n].clone()
+        return prefix.chunks[idx.start].deltas[0, :n].view(n, *deltas.shape[1:])
 
     def _ablated(self, group: int, idx: slice) -> torch.Tensor:
         a = self.patcher.ablated[group]
