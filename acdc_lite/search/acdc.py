@@ -11,12 +11,14 @@ With the default KL metric (-KL to the clean model) this is ACDC's rule on KL.
 
 Cost sits near its floor: the corrupted activations are cached once, and every test recomputes
 only the layers from the receiver's on (the layers below are still the full model's, since they are
-visited later). Tests run in speculative batches that are exact: candidates k = 1..C remove the
+visited later); on models that compute single nodes (`acdc_lite.incremental`, our SmallTransformer) only the
+receiver's head or MLP, what reads it in its layer (in the last layer: at the positions the metric reads) and the
+layers after it. Tests run in speculative batches that are exact: candidates k = 1..C remove the
 first k untested edges cumulatively; decisions are read in order up to the first kept edge, and the
 rest of the batch is discarded. C doubles after a batch of removals (up to `batch`) and falls back to
 1 after a kept edge, so little is wasted where edges matter. With a `Checkpointer`, the state as of the
-last finished receiver is saved when its interval has passed and on interruption (Ctrl-C, SIGTERM);
-resuming from it repeats the same arithmetic and gives the identical circuit.
+last finished receiver (with node steps: of the last finished layer) is saved when its interval has passed and on
+interruption (Ctrl-C, SIGTERM); resuming from it repeats the same arithmetic and gives the identical circuit.
 
 With `start` (the hybrid), the search starts from that edge set instead of the full model and tests only
 the edges in `test`: every other edge keeps its state, untested (nodes that feed nothing still lose their inputs).
