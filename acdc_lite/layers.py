@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                 "acdc_lite.metrics", "acdc_lite.boundary", "acdc_lite.runs", "acdc_lite.offload",
                 "acdc_lite.suffix")),
     ("shape", ("acdc_lite.shape",)),
-    ("models, task", ("acdc_lite.models", "acdc_lite.task", "acdc_lite.zoo")),
+    ("models, task", ("acdc_lite.models", "acdc_lite.task", "acdc_lite.zoo", "acdc_lite.twin")),
     ("graph", ("acdc_lite.graph",)),
     ("ranking", ("acdc_lite.ranking",)),
     ("patching", ("acdc_lite.patching", "acdc_lite.incremental")),

@@ -8,6 +8,7 @@ which is what lets edge patching recompute only the suffix of the model a change
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,9 @@ from transformer_lens.hook_points import HookPoint
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
+# act_fn -> the function; "gelu_new" is GPT-2's tanh approximation of GELU
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh")}
+
 
 @dataclass(frozen=True)
 class SmallTransformerConfig:
@@ -34,18 +38,21 @@ class SmallTransformerConfig:
     n_ctx: int
     d_mlp: int = 0  # 0: attention only
     normalization: str = "none"  # "none" | "layernorm"
-    act_fn: str = "relu"  # "relu" | "gelu"
+    act_fn: str = "relu"  # "relu" | "gelu" | "gelu_new" (GPT-2's tanh approximation)
     positional: str = "learned"  # "learned" | "none"
     causal: bool = True
     d_vocab_out: int | None = None  # defaults to d_vocab
     vocab: list[str] | None = field(default=None, compare=False)  # token strings, for display
     name: str = "small-transformer"
+    ln_eps: float = 1e-5  # LayerNorm epsilon
 
     def __post_init__(self):
         if self.normalization not in ("none", "layernorm"):
             raise ValueError(f"normalization must be 'none' or 'layernorm', got {self.normalization!r}")
-        if self.act_fn not in ("relu", "gelu"):
-            raise ValueError(f"act_fn must be 'relu' or 'gelu', got {self.act_fn!r}")
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.act_fn!r}")
+        if not self.ln_eps > 0:
+            raise ValueError(f"ln_eps must be positive, got {self.ln_eps!r}")
         if self.positional not in ("learned", "none"):
             raise ValueError(f"positional must be 'learned' or 'none', got {self.positional!r}")
 
@@ -55,7 +62,7 @@ class SmallTransformerConfig:
 
 
 def _norm(cfg: SmallTransformerConfig) -> nn.Module:
-    return nn.LayerNorm(cfg.d_model) if cfg.normalization == "layernorm" else nn.Identity()
+    return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.normalization == "layernorm" else nn.Identity()
 
 
 class Attention(nn.Module):
@@ -123,7 +130,7 @@ class MLP(nn.Module):
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) / math.sqrt(cfg.d_mlp))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
-        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.act = ACTIVATIONS[cfg.act_fn]
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -88,7 +88,8 @@ def _saved_bytes(model, b: int, p: int) -> int:
     g = torch.Generator().manual_seed(0)
     tokens = [torch.randint(0, d_vocab, (b, p), generator=g) for _ in range(2)]
     ends = [torch.randint(0, d_vocab, (b, 1), generator=g) for _ in range(2)]
-    ctx = SearchContext.build(model, Task("random", tokens[0], tokens[1], ends[0], ends[1]), batch_size=b)
+    # twin=False: the passes run on `model` itself (a GPT-2 bridge would otherwise run them on its native twin)
+    ctx = SearchContext.build(model, Task("random", tokens[0], tokens[1], ends[0], ends[1]), batch_size=b, twin=False)
     params = {q.untyped_storage().data_ptr() for q in model.parameters()}
     seen = {}
 

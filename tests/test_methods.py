@@ -163,10 +163,10 @@ def test_node_methods_score_whole_nodes(small_model, toy_task, method):
 def test_discover_takes_exactly_the_registry_options_as_keywords():
     params = inspect.signature(discover).parameters
     explicit = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {
-        "options", "metric", "ablation", "seed", "batch_size", "checkpoint", "progress"}
+        "options", "metric", "ablation", "seed", "batch_size", "checkpoint", "progress", "twin"}
     assert explicit == set(all_options())
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    for name in explicit | {"metric", "ablation", "seed", "batch_size", "checkpoint", "progress"}:
+    for name in explicit | {"metric", "ablation", "seed", "batch_size", "checkpoint", "progress", "twin"}:
         assert f"{name}" in discover.__doc__, name
 
 

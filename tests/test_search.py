@@ -102,7 +102,7 @@ def test_methods_return_consistent_results(small_model, toy_task, method):
 def test_discover_returns_circuit_with_provenance(small_model, toy_task, tmp_path):
     c = discover(small_model, toy_task, "eap-ig", top_n=12, progress=False)
     assert len(c.edges) <= 12
-    assert set(c.provenance) == {"package_version", "seed", "torch_version"}  # nothing that differs between runs
+    assert set(c.provenance) == {"package_version", "seed", "torch_version", "executor"}  # nothing that differs between runs
     assert set(c.cost) == {"seconds", "forward_passes", "search_forward_passes", "bookkeeping_forward_passes", "bookkeeping",
                            "backward_passes"}
     # the search: 5 integrated-gradient steps; bookkeeping: the circuit (top-n needs no pass; m(full) comes from the

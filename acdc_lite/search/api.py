@@ -80,9 +80,9 @@ def refuse_constant_metric(metric: str, full: float, empty: float) -> None:
 
 
 def resolve(spec: MethodSpec, options, metric: str, ablation: Ablation, seed: int, batch_size: int,
-            metric_full: float | None, metric_empty: float | None) -> Settings:
+            metric_full: float | None, metric_empty: float | None, executor: str = "model") -> Settings:
     """The frozen Settings of a run: options' own defaults decided (`resolved()`), auto tau measured (from
-    metric_full and metric_empty, which a method without tau need not give)."""
+    metric_full and metric_empty, which a method without tau need not give); `executor` as `SearchContext.executor`."""
     if hasattr(options, "resolved"):
         options = options.resolved()
     tau_rule = None
@@ -93,12 +93,13 @@ def resolve(spec: MethodSpec, options, metric: str, ablation: Ablation, seed: in
             log.info("tau defaults to %.4g (%s)", tau, tau_rule)
         else:
             tau_rule = "given"
-    return Settings(spec.name, options, metric, ablation.value, seed, batch_size, tau_rule)
+    return Settings(spec.name, options, metric, ablation.value, seed, batch_size, tau_rule, executor)
 
 
 def search(model: nn.Module, task: Task, method: str = "hybrid", options=None, *, metric: str | None = None,
            ablation: Ablation | str = Ablation.RESAMPLE, seed: int = 0, batch_size: int = 32,
-           checkpoint: Checkpointer | str | Path | None = None, progress: bool = True, **method_opts) -> SearchResult:
+           checkpoint: Checkpointer | str | Path | None = None, progress: bool = True, twin: bool = True,
+           **method_opts) -> SearchResult:
     """Run one registered search method; never mutates the model or task.
 
     options: the method's options object (e.g. `methods.acdc.ACDCOptions(tau=0.01)`) or a dict; or give them as
@@ -120,7 +121,7 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", options=None, *
     torch.manual_seed(seed)
     with torch.inference_mode(False):
         model.eval()
-        ctx = SearchContext.build(model, task, metric, ablation, batch_size)
+        ctx = SearchContext.build(model, task, metric, ablation, batch_size, twin=twin)
         if not spec.gqa and ctx.graph.kv_group > 1:
             raise SearchError(f"{method} does not support grouped-query attention; use one of "
                               f"{', '.join(n for n, s in methods.METHODS.items() if s.gqa)}")
@@ -128,7 +129,7 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", options=None, *
         if "tau" in spec.option_names() or not spec.gradient:
             full, empty = ctx.reference()
             refuse_constant_metric(metric, full, empty)  # before any search: nothing would be explained
-        settings = resolve(spec, opts, metric, ablation, seed, batch_size, full, empty)
+        settings = resolve(spec, opts, metric, ablation, seed, batch_size, full, empty, ctx.executor)
         if isinstance(checkpoint, (str, Path)):
             flat = {k: v for k, v in settings.to_dict().items() if k != "params"}
             checkpoint = Checkpointer(Path(checkpoint), {**flat, **settings.params})  # a difference names the option
@@ -136,7 +137,7 @@ def search(model: nn.Module, task: Task, method: str = "hybrid", options=None, *
         if full is None:  # a score method without tau measured m(full) in its gradient pass: refused after it
             refuse_constant_metric(metric, result.metric_full, result.metric_empty)
     extras = {k: v for k, v in result.params.items() if k not in settings.params}  # e.g. ACDC's speculation batch
-    result.params, result.stats = settings.params, {**result.stats, **extras}
+    result.params, result.stats = settings.params, {**result.stats, **extras, "executor": settings.executor}
     result.settings, result.bookkeeping = settings, dict(ctx.bookkeeping)
     result.forward_passes, result.backward_passes = ctx.patcher.forward_passes, ctx.patcher.backward_passes
     return result
@@ -158,7 +159,8 @@ def to_circuit(model: nn.Module, task: Task, result: SearchResult) -> Circuit:
         metrics={k: finite_or_none(v) for k, v in  # NaN (metric blind to the ablation) is stored as null
                  {"faithfulness": result.faithfulness, "metric_full": result.metric_full,
                   "metric_empty": result.metric_empty, "metric_circuit": result.metric_circuit}.items()},
-        provenance={"package_version": __version__, "seed": s.seed, "torch_version": torch.__version__},
+        provenance={"package_version": __version__, "seed": s.seed, "torch_version": torch.__version__,
+                    "executor": s.executor},
         cost={"seconds": round(result.seconds, 3), "forward_passes": round(result.forward_passes, 3),
               "search_forward_passes": round(result.search_forward_passes, 3),
               "bookkeeping_forward_passes": round(result.bookkeeping_forward_passes, 3),
@@ -177,7 +179,8 @@ def settings_of(circuit: Circuit) -> Settings | None:
     except SearchError:
         return None  # params of an older version of the method
     return Settings(m["name"], options, m.get("metric") or "", circuit.ablation,
-                    int(circuit.provenance.get("seed", 0) or 0), int(m.get("batch_size", 32) or 32), m.get("tau_rule"))
+                    int(circuit.provenance.get("seed", 0) or 0), int(m.get("batch_size", 32) or 32), m.get("tau_rule"),
+                    str(circuit.provenance.get("executor") or "model"))
 
 
 def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=None,
@@ -185,7 +188,7 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
              target_faithfulness: float | None = None, level: str | None = None, ig_steps: int | None = None,
              include_mlps: bool | None = None, shuffle_seed: int | None = None,
              metric: str | None = None, ablation: Ablation | str = "resample", seed: int = 0, batch_size: int = 32,
-             checkpoint: Checkpointer | str | Path | None = None, progress: bool = True) -> Circuit:
+             checkpoint: Checkpointer | str | Path | None = None, progress: bool = True, twin: bool = True) -> Circuit:
     """Find a circuit for `task` in `model` and return it as a Circuit.
 
     method: a registered method (`acdc_lite.search.methods.METHODS`): acdc, head-pruning, hisp, eap, eap-ig, exact,
@@ -205,6 +208,9 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
     seed: torch seed of the run. batch_size: examples per patched pass.
     checkpoint: a path or Checkpointer (acdc, head-pruning, exact, hybrid) to resume an interrupted search.
     progress: show tqdm bars.
+    twin: run the patched passes on the model's native twin when it has one (a TransformerBridge around a GPT-2:
+        our own SmallTransformer with its weights, checked to compute the same logits and sender outputs; faster, same
+        circuit); the circuit's provenance says which executor ran ("native-twin" or "model").
 
     The circuit's `.method` records the resolved settings (validate reads them), `.metrics` the faithfulness, and
     `.cost` seconds and forward passes, search and bookkeeping apart (not saved in the file; see run.json).
@@ -213,6 +219,6 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
     given = {"tau": tau, "top_n": top_n, "threshold": threshold, "target_faithfulness": target_faithfulness,
              "level": level, "ig_steps": ig_steps, "include_mlps": include_mlps, "shuffle_seed": shuffle_seed}
     result = search(model, task, method, options, metric=metric, ablation=ablation, seed=seed, batch_size=batch_size,
-                    checkpoint=checkpoint, progress=progress, **given)
+                    checkpoint=checkpoint, progress=progress, twin=twin, **given)
     result.seconds = time.perf_counter() - started
     return to_circuit(model, task, result)

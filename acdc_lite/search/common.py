@@ -16,12 +16,17 @@ from acdc_lite.graph import ModelGraph, NodeKind, connected_mask
 from acdc_lite.metrics import PositionMetric
 from acdc_lite.patching import Ablation, EdgePatcher, Metric, ablated_outputs
 from acdc_lite.search.spec import Settings
-from acdc_lite.task import Task
+from acdc_lite.task import METRICS, Task
+from acdc_lite.twin import TWIN_NAME, native_twin
 
 
 @dataclass
 class SearchContext:
     """A model, its graph, a task and the patcher that evaluates edge sets on it.
+
+    `model` is the user's model (what circuits name); the patcher, the ablated cache and the built-in metrics' clean
+    logits run on `runner`: the model itself, or its verified native twin (`acdc_lite.twin`), which computes the same
+    function with the same hooks in less time; `executor` names which.
 
     Forward passes spent on bookkeeping (the reference values m(full) and m(empty), selecting a circuit from
     scores, evaluating the final circuit) are tallied by kind in `bookkeeping` (`counted_as`), apart from the
@@ -41,13 +46,26 @@ class SearchContext:
     _counting: bool = False
     corrupt_metric: float | None = None  # mean metric of the plain run on the corrupted prompts (resample ablation)
     corrupt_values: torch.Tensor | None = None  # [N] each example's metric in that run (= m(empty) under resample)
+    runner: nn.Module | None = None  # what the passes run on (None: `model`)
+
+    @property
+    def executor(self) -> str:
+        """What ran the passes: "native-twin" or "model"."""
+        return TWIN_NAME if self.runner is not None and self.runner is not self.model else "model"
 
     @classmethod
     def build(cls, model: nn.Module, task: Task, metric: str | None = None, ablation: Ablation | str = Ablation.RESAMPLE,
-              batch_size: int = 32) -> SearchContext:
+              batch_size: int = 32, twin: bool = True) -> SearchContext:
+        """`twin`: run the passes on the model's native twin when it has one (see `acdc_lite.twin`)."""
         graph = ModelGraph.from_model(model)
         ablation = Ablation(ablation)
-        metric_fn = task.metric(metric, model=model)
+        runner = native_twin(model) if twin else None
+        runner = model if runner is None else runner
+        if runner is not model and ModelGraph.from_model(runner) != graph:
+            raise RuntimeError(f"the native twin's graph {ModelGraph.from_model(runner)} is not the model's {graph}")
+        name = metric or task.default_metric
+        builtin = name in METRICS and name not in task.custom_metrics  # a custom metric's factory gets the user's model
+        metric_fn = task.metric(metric, model=runner if builtin else model)
         total = torch.zeros(1)  # summed as `EdgePatcher.evaluate` sums, so equal runs give equal numbers
         each = torch.zeros(len(task.clean))
 
@@ -60,13 +78,13 @@ class SearchContext:
             each[rows] = values.float()
 
         resample = ablation is Ablation.RESAMPLE
-        ablated = ablated_outputs(model, graph, task.corrupt, ablation, batch_size, task.attention_mask,
+        ablated = ablated_outputs(runner, graph, task.corrupt, ablation, batch_size, task.attention_mask,
                                   on_logits if resample else None, metric_fn.positions if at_positions and resample else None)
-        patcher = EdgePatcher(model, graph, task.clean, ablated, batch_size, task.attention_mask)
+        patcher = EdgePatcher(runner, graph, task.clean, ablated, batch_size, task.attention_mask)
         corrupt = float(total / len(task.clean)) if resample else None
         corrupt = corrupt if corrupt is not None and math.isfinite(corrupt) else None  # else evaluate() says why
-        return cls(model, graph, task, patcher, metric_fn, metric or task.default_metric, ablation, corrupt_metric=corrupt,
-                   corrupt_values=each if corrupt is not None else None)
+        return cls(model, graph, task, patcher, metric_fn, name, ablation, corrupt_metric=corrupt,
+                   corrupt_values=each if corrupt is not None else None, runner=runner)
 
     def evaluate(self, kept: torch.Tensor, **kw) -> torch.Tensor:
         """Mean metric of one [S, R] mask (a float) or of [C, S, R] candidates ([C])."""

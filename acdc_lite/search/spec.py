@@ -110,7 +110,9 @@ def build_options(spec: MethodSpec, values: dict, source: str, others: dict[str,
 class Settings:
     """Every setting of one search, decided once at the top of the run and read by the method, the circuit and
     validation. options: the method's options with tau resolved (auto tau already a number); tau_rule says how
-    tau was decided (None for a method without tau)."""
+    tau was decided (None for a method without tau). executor: what ran the passes ("native-twin": the model's
+    verified native twin, see `acdc_lite.twin`; "model": the model itself); how the run ran, not what it computes,
+    so it is not in `to_dict` (a circuit records it in its provenance)."""
 
     method: str
     options: Any
@@ -119,6 +121,7 @@ class Settings:
     seed: int = 0
     batch_size: int = 32
     tau_rule: str | None = None
+    executor: str = "model"
 
     @property
     def params(self) -> dict:

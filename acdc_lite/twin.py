@@ -1,0 +1,196 @@
+"""A native twin: our `SmallTransformer` holding a TransformerBridge's GPT-2 weights, for faster patched passes.
+
+A TransformerBridge runs the Hugging Face modules under its hooks; the same function on `SmallTransformer`
+(the same hook names, per-head inputs and results natively) costs about 3/4 of it per pass. `native_twin(bridge)`
+builds that twin for a bridge around a `GPT2LMHeadModel` and returns it only when it computes what the bridge
+computes: logits and every sender's output on a probe batch, unpadded and padded with an attention mask (real
+positions only), within `EQUIVALENCE_TOLERANCE`. Anything it does not mirror (another architecture, attention
+flags, weight processing, offloaded or non-float32 weights, hooks a user left on the bridge) gets None, with the
+reason logged. The twin shares the bridge's tensors where their layout allows (embeddings, unembedding, norms,
+MLPs, output projections): only the per-head q/k/v weights are copied. Built per use, so never stale.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from acdc_lite import hooks, offload
+from acdc_lite.choices import Processing
+from acdc_lite.models import EQUIVALENCE_TOLERANCE, compare_logits, probe_tokens
+from acdc_lite.padding import forward
+from acdc_lite.shape import is_bridge, model_info
+from acdc_lite.transformer import SmallTransformer, SmallTransformerConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TWIN_NAME", "native_twin"]
+
+TWIN_NAME = "native-twin"  # how a search result names the executor when the twin ran its passes
+
+# Hugging Face activation names -> SmallTransformer's (the same function)
+_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+_OTHER_FAMILY = "only GPT2LMHeadModel is mirrored"
+
+
+def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE) -> SmallTransformer | None:
+    """A verified SmallTransformer computing what bridge `model` computes (see the module docstring), else None."""
+    if not is_bridge(model):
+        return None
+    reason = _refusal(model)
+    if reason is not None:  # another family is the common case: said at debug level; anything else at info
+        level = logging.DEBUG if reason.startswith(_OTHER_FAMILY) else logging.INFO
+        log.log(level, "no native twin for %s: %s", type(getattr(model, "original_model", model)).__name__, reason)
+        return None
+    try:
+        twin = _build(model)
+    except (AttributeError, RuntimeError, ValueError, TypeError) as e:  # a layout it does not know: the model runs as is
+        log.info("no native twin: its weights could not be laid out (%s)", e)
+        return None
+    problem = _disagreement(model, twin, tolerance)
+    if problem is not None:
+        log.info("no native twin: it does not reproduce the bridge (%s)", problem)
+        return None
+    log.debug("native twin verified for %s", model_info(model).name)
+    return twin
+
+
+def _refusal(bridge: nn.Module) -> str | None:
+    """Why the twin cannot mirror `bridge`, or None."""
+    from transformers import GPT2LMHeadModel
+
+    hf = getattr(bridge, "original_model", None)
+    if type(hf) is not GPT2LMHeadModel:
+        return f"{_OTHER_FAMILY}, not {type(hf).__name__}"
+    c = hf.config
+    if not getattr(c, "scale_attn_weights", True) or getattr(c, "scale_attn_by_inverse_layer_idx", False) \
+            or getattr(c, "reorder_and_upcast_attn", False) or getattr(c, "add_cross_attention", False):
+        return "its attention flags (scale_attn_weights, scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn, " \
+               "add_cross_attention) are not GPT-2's defaults"
+    if c.activation_function not in _ACTIVATIONS:
+        return f"activation {c.activation_function!r}"
+    source = getattr(bridge, "acdc_source", None)
+    processing = getattr(source, "processing", None)
+    if processing is not None and processing is not Processing.NONE:
+        return f"{processing.value!r} weight processing"
+    if offload.is_offloaded(hf) or any(p.is_meta for p in hf.parameters()):
+        return "offloaded weights"
+    if any(p.dtype != torch.float32 for p in hf.parameters()):
+        return "weights are not float32"
+    if not isinstance(getattr(_at(hf, "lm_head"), "weight", None), torch.Tensor):
+        return "it has no lm_head weight"
+    held = [name for name, hp in bridge.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
+    if held:
+        return f"hooks left on the bridge ({', '.join(held[:3])})"
+    return None
+
+
+def _param(t: torch.Tensor) -> nn.Parameter:
+    """A parameter on `t`'s storage (no copy)."""
+    return nn.Parameter(t.detach(), requires_grad=False)
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The Hugging Face module a bridge component wraps (the module itself when it wraps none)."""
+    while isinstance(getattr(module, "_original_component", None), nn.Module):
+        module = module._original_component
+    return module
+
+
+def _at(module: nn.Module, path: str) -> nn.Module:
+    """The Hugging Face submodule at dotted `path` under `module`, through the bridge's wrappers."""
+    for part in path.split("."):
+        module = _unwrap(getattr(_unwrap(module), part))
+    return module
+
+
+def _build(bridge: nn.Module) -> SmallTransformer:
+    """The SmallTransformer with the GPT-2 weights under `bridge` (unverified). Built on the meta device first, so
+    no random initialisation runs (and the global random state is left as it was)."""
+    hf = bridge.original_model
+    c = hf.config
+    d, h = c.n_embd, c.n_head
+    e = d // h
+    wte, wpe, lm_head = _at(hf, "transformer.wte"), _at(hf, "transformer.wpe"), _at(hf, "lm_head")
+    w_u = lm_head.weight  # [vocab_out, d]
+    cfg = SmallTransformerConfig(
+        n_layers=c.n_layer, n_heads=h, d_model=d, d_head=e, d_vocab=wte.weight.shape[0], n_ctx=wpe.weight.shape[0],
+        d_mlp=c.n_inner or 4 * d, normalization="layernorm", act_fn=_ACTIVATIONS[c.activation_function], positional="learned",
+        d_vocab_out=w_u.shape[0], name=model_info(bridge).name, ln_eps=float(c.layer_norm_epsilon))
+    with torch.device("meta"):
+        twin = SmallTransformer(cfg)
+    twin.W_E, twin.W_pos, twin.W_U = _param(wte.weight), _param(wpe.weight), _param(w_u.T)
+    bias = getattr(lm_head, "bias", None)
+    twin.b_U = _param(bias) if bias is not None else nn.Parameter(w_u.new_zeros(w_u.shape[0]), requires_grad=False)
+    _set_norm(twin.ln_final, _at(hf, "transformer.ln_f"))
+    for i, block in enumerate(twin.blocks):
+        layer = f"transformer.h.{i}"
+        _set_norm(block.ln1, _at(hf, f"{layer}.ln_1"))
+        _set_norm(block.ln2, _at(hf, f"{layer}.ln_2"))
+        c_attn, c_proj = _at(hf, f"{layer}.attn.c_attn"), _at(hf, f"{layer}.attn.c_proj")
+        # Conv1D: x @ W + b with W [d, 3d]; the output is q | k | v, each heads x d_head
+        w = c_attn.weight.detach().view(d, 3, h, e).permute(1, 2, 0, 3)  # [3, h, d, e]
+        b = c_attn.bias.detach().view(3, h, e)
+        for j, port in enumerate("QKV"):
+            setattr(block.attn, f"W_{port}", nn.Parameter(w[j].contiguous(), requires_grad=False))
+            setattr(block.attn, f"b_{port}", _param(b[j]))
+        block.attn.W_O = _param(c_proj.weight.view(h, e, d))  # rows of c_proj's input are heads x d_head
+        block.attn.b_O = _param(c_proj.bias)
+        c_fc, c_out = _at(hf, f"{layer}.mlp.c_fc"), _at(hf, f"{layer}.mlp.c_proj")
+        block.mlp.W_in, block.mlp.b_in = _param(c_fc.weight), _param(c_fc.bias)
+        block.mlp.W_out, block.mlp.b_out = _param(c_out.weight), _param(c_out.bias)
+    left = [name for name, p in twin.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"native twin: parameters not taken from the model: {left}")
+    return twin.eval()
+
+
+def _set_norm(norm: nn.LayerNorm, source: nn.LayerNorm) -> None:
+    norm.weight, norm.bias = _param(source.weight), _param(source.bias)
+
+
+@torch.no_grad()
+def _disagreement(bridge: nn.Module, twin: SmallTransformer, tolerance: float) -> str | None:
+    """What differs between the twin and the bridge on a probe batch (unpadded; then left- and right-padded rows with
+    an attention mask, real positions only): logits as log-probabilities, and every sender's output; None if nothing."""
+    device = next(bridge.parameters()).device
+    tokens = probe_tokens(twin.cfg.d_vocab, twin.cfg.n_ctx).to(device)  # [4, p]
+    n, p = tokens.shape
+    mask = torch.ones(n, p, dtype=torch.bool, device=device)
+    if p >= 4:  # row 0 left-padded, row 1 right-padded, by a quarter of the width each
+        cut = p // 4
+        mask[0, :cut] = False
+        mask[1, p - cut:] = False
+    names = [hooks.INPUT] + [name for layer in range(twin.cfg.n_layers)
+                             for name in (hooks.head_result(layer), hooks.mlp_out(layer))]
+    for label, attention_mask in (("unpadded", None), ("padded", mask)):
+        outs = []
+        for model in (bridge, twin):
+            cache: dict[str, torch.Tensor] = {}
+            fwd = [(name, _recorder(cache, name)) for name in names]
+            with model.hooks(fwd_hooks=fwd):
+                logits = forward(model, tokens, attention_mask)
+            outs.append((logits, cache))
+        (bl, bc), (tl, tc) = outs
+        real = torch.ones(n, p, dtype=torch.bool, device=device) if attention_mask is None else attention_mask
+        eq = compare_logits(tl[real][None], bl[real][None], "bridge", tolerance)
+        if not eq.ok:
+            return f"{label} logits differ by {eq.max_abs_diff:.3g} (tolerance {tolerance:g})"
+        for name in names:
+            if name not in bc or name not in tc or bc[name].shape != tc[name].shape:
+                return f"{label}: hook {name} has shape {tuple(bc[name].shape) if name in bc else None} on the bridge and " \
+                       f"{tuple(tc[name].shape) if name in tc else None} on the twin"
+            a, b = tc[name][real], bc[name][real]
+            error = float((a - b).abs().max())
+            if error > tolerance * max(1.0, float(b.abs().max())):
+                return f"{label}: {name} differs by {error:.3g}"
+    return None
+
+
+def _recorder(cache: dict[str, torch.Tensor], name: str):
+    """A hook keeping a copy of its activation under `name` (a bridge's hook may be an alias of another name)."""
+    def hook(x, hook):
+        cache[name] = x.detach().clone()
+    return hook
