@@ -77,7 +77,7 @@ def test_acdc_finds_the_same_circuit_with_and_without_the_twin(bridge, task):
     assert torch.equal(on.kept, off.kept)
     assert torch.allclose(on.scores.nan_to_num(0), off.scores.nan_to_num(0), atol=1e-4)
     assert on.metric_circuit == pytest.approx(off.metric_circuit, abs=1e-4)
-    assert on.forward_passes == off.forward_passes
+    assert on.forward_passes <= off.forward_passes  # the twin may take ACDC's node steps (acdc_lite.incremental)
 
 
 def test_eap_scores_agree_with_and_without_the_twin(bridge, task):
