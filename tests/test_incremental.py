@@ -99,12 +99,13 @@ def test_hybrid_with_and_without_node_steps(monkeypatch):
     assert torch.equal(stepped.kept, suffix.kept)
 
 
-def test_bridge_models_fall_back_to_suffix_passes():
+@pytest.mark.parametrize("family,stepped", [("llama", False), ("gpt2", True)])
+def test_bridge_models_step_through_a_twin_or_fall_back(family, stepped):
+    """A bridge runs on suffix passes; GPT-2 gets node steps through its native twin (acdc_lite.twin)."""
     from tests.architectures import FAMILIES
 
-    gpt2 = next(f for f in FAMILIES if f.name == "gpt2")
-    model = load_model(gpt2.build())
+    model = load_model(next(f for f in FAMILIES if f.name == family).build())
     ctx = SearchContext.build(model, _task(n=4, length=5))
-    assert not supports_steps(ctx.patcher)
+    assert supports_steps(ctx.patcher) is stepped
     res = acdc.run(ctx, acdc.ACDCConfig(tau=0.02, progress=False))
     assert res.forward_passes > 0 and res.stats["tested_edges"] > 0
