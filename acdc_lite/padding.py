@@ -69,29 +69,33 @@ def take_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 
 def forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
             start_at_layer: int | None = None, resid: torch.Tensor | None = None,
-            positions: torch.Tensor | None = None) -> torch.Tensor:
+            positions: torch.Tensor | None = None, narrow_last_layer: bool = False) -> torch.Tensor:
     """Logits [b, p, vocab] of `model` on `tokens` [b, p]; `attention_mask` [b, p] (True/1 at real tokens)
     is passed on only when some position is padded (an all-real batch runs exactly as before). With
     `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l and only blocks l..
     are computed (natively on models that declare `supports_start_at_layer`, else via `suffix.run_from_layer`).
     `positions` [b, T]: logits [b, T, vocab] at those positions of each row only; on a model with the unembedding's
-    input hook (`hooks.UNEMBED_IN`) only they are unembedded, on any other they are taken from all positions' logits."""
+    input hook (`hooks.UNEMBED_IN`) only they are unembedded, on any other they are taken from all positions' logits.
+    `narrow_last_layer`: on a model that declares `supports_query_positions`, its last layer computes only those
+    positions too (its outputs elsewhere are then meaningless: for passes that read nothing else of it)."""
     if positions is None:
         return _forward(model, tokens, attention_mask, start_at_layer, resid)
+    narrow = narrow_last_layer and getattr(model, "supports_query_positions", False)
+    extra = {"query_positions": positions} if narrow else {}
     if hooks.UNEMBED_IN not in getattr(model, "hook_dict", {}):
-        return take_positions(_forward(model, tokens, attention_mask, start_at_layer, resid), positions)
+        return take_positions(_forward(model, tokens, attention_mask, start_at_layer, resid, **extra), positions)
     with model.hooks(fwd_hooks=[(hooks.UNEMBED_IN, lambda x, hook: take_positions(x, positions))]):
-        return _forward(model, tokens, attention_mask, start_at_layer, resid)
+        return _forward(model, tokens, attention_mask, start_at_layer, resid, **extra)
 
 
 def _forward(model: nn.Module, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
-             start_at_layer: int | None, resid: torch.Tensor | None) -> torch.Tensor:
+             start_at_layer: int | None, resid: torch.Tensor | None, **extra) -> torch.Tensor:
     padded = attention_mask is not None and not bool(attention_mask.all())
     if start_at_layer is not None and not getattr(model, "supports_start_at_layer", False):
         from acdc_lite.suffix import run_from_layer
 
         return run_from_layer(model, resid, start_at_layer, attention_mask if padded else None)
-    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer, "resid": resid}
+    kwargs = extra if start_at_layer is None else {"start_at_layer": start_at_layer, "resid": resid, **extra}
     if not padded:
         return model(tokens, **kwargs)
     return model(tokens, attention_mask=attention_mask.to(device=tokens.device, dtype=torch.long), **kwargs)

@@ -386,10 +386,11 @@ class EdgePatcher:
             resid = chunk.resid_pre[start_layer]
             resid = resid if len(resid) == c * len(tokens) else resid.repeat(c, 1, 1)
             with self.model.hooks(fwd_hooks=self._hooks(st, start_layer)):
-                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid, positions=at)
+                logits = forward(self.model, tokens.repeat(c, 1), mask, start_at_layer=start_layer, resid=resid, positions=at,
+                                 narrow_last_layer=not st.collect)
         else:
             with self.model.hooks(fwd_hooks=self._hooks(st, 0)):
-                logits = forward(self.model, tokens.repeat(c, 1), mask, positions=at)
+                logits = forward(self.model, tokens.repeat(c, 1), mask, positions=at, narrow_last_layer=not st.collect)
         done = (self.graph.n_layers - start_layer) / self.graph.n_layers
         self.forward_passes += c * done * len(tokens) / len(self.tokens)
         return logits

@@ -21,6 +21,8 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from acdc_lite.padding import take_positions
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -61,6 +63,13 @@ class SmallTransformerConfig:
         return self.d_vocab_out or self.d_vocab
 
 
+def scatter_positions(x: torch.Tensor, positions: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """x [b, T, ...] placed at `positions` [b, T] of zeros [b, n_positions, ...]."""
+    out = x.new_zeros(x.shape[0], n_positions, *x.shape[2:])
+    out[torch.arange(len(x), device=x.device)[:, None], positions.to(x.device)] = x
+    return out
+
+
 def _norm(cfg: SmallTransformerConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.normalization == "layernorm" else nn.Identity()
 
@@ -81,20 +90,22 @@ class Attention(nn.Module):
         self.hook_z, self.hook_result = HookPoint(), HookPoint()
 
     def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised per-head inputs [b, p, h, d] -> per-head results [b, p, h, d]. `attention_mask` [b, p]
         (True at real tokens): no query attends a padded key other than itself (a padded query then sees only
-        itself, so nothing is NaN)."""
+        itself, so nothing is NaN). With `query_positions` [b, T], q_in holds only those queries [b, T, h, d] and the
+        results are zero at every other position."""
         q = self.hook_q(torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
-        hidden = self.hidden_keys(scores.shape[-1], None, attention_mask)
+        hidden = self.hidden_keys(scores.shape[-1], query_positions, attention_mask)
         if hidden is not None:
             scores = scores.masked_fill(hidden[:, None] if hidden.dim() == 3 else hidden, float("-inf"))
         pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(dim=-1))
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        return self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+        result = torch.einsum("bqhe,hed->bqhd", z, self.W_O)
+        return self.hook_result(result if query_positions is None else scatter_positions(result, query_positions, k.shape[1]))
 
     def hidden_keys(self, n_keys: int, query_positions: torch.Tensor | None,
                     attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -153,18 +164,28 @@ class Block(nn.Module):
         self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out = HookPoint()
 
-    def forward(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """[b, p, d_model] -> [b, p, d_model]; `attention_mask` [b, p] as in `Attention.forward`."""
+    def forward(self, resid: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, p, d_model] -> [b, p, d_model]; `attention_mask` [b, p] as in `Attention.forward`. With
+        `query_positions` [b, T] (the last block, when only those positions are read) queries and the MLP run there
+        only: hooks see every position, and the block's outputs are zero (its output stream meaningless) elsewhere."""
         resid = self.hook_resid_pre(resid)
         per_head = resid[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
-        q_in = self.ln1(self.hook_q_input(per_head))
+        q_raw = self.hook_q_input(per_head)
+        q_in = self.ln1(q_raw if query_positions is None else take_positions(q_raw, query_positions))
         k_in = self.ln1(self.hook_k_input(per_head))
         v_in = self.ln1(self.hook_v_input(per_head))
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, attention_mask).sum(dim=2) + self.attn.b_O)
+        results = self.attn(q_in, k_in, v_in, attention_mask, query_positions)
+        attn_out = self.hook_attn_out(results.sum(dim=2) + self.attn.b_O)
         resid = self.hook_resid_mid(resid + attn_out)
         if self.has_mlp:
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(self.hook_mlp_in(resid.clone()))))
-            resid = resid + mlp_out
+            mlp_in = self.hook_mlp_in(resid.clone())
+            if query_positions is None:
+                mlp_out = self.mlp(self.ln2(mlp_in))
+            else:
+                mlp_out = scatter_positions(self.mlp(self.ln2(take_positions(mlp_in, query_positions))), query_positions,
+                                            resid.shape[1])
+            resid = resid + self.hook_mlp_out(mlp_out)
         return self.hook_resid_post(resid)
 
 
@@ -180,6 +201,7 @@ class SmallTransformer(HookedRootModule):
     """Decoder-only transformer with TransformerLens hook names; see module docstring."""
 
     supports_start_at_layer = True
+    supports_query_positions = True  # forward(query_positions=...) computes the last block only where it is read
     supports_node_steps = True  # blocks expose ln1, attn.head_result, ln2, mlp (see acdc_lite.incremental)
 
     def __init__(self, cfg: SmallTransformerConfig):
@@ -212,12 +234,15 @@ class SmallTransformer(HookedRootModule):
         return x
 
     def forward(self, tokens: torch.Tensor, start_at_layer: int | None = None,
-                resid: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                resid: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                query_positions: torch.Tensor | None = None) -> torch.Tensor:
         """[b, p] tokens -> [b, p, d_vocab_out] logits.
 
         With `start_at_layer=l`, `resid` [b, p, d_model] is the residual stream entering block l
         and blocks before l are skipped (`tokens` is then unused). `attention_mask` [b, p] (True/1 at real
-        tokens) hides padded keys and counts positions from each prompt's first real token.
+        tokens) hides padded keys and counts positions from each prompt's first real token. `query_positions`
+        [b, T]: only the logits there are wanted: the last block computes only them (see `Block.forward`); logits
+        elsewhere are meaningless.
         """
         if start_at_layer is None:
             x, first = self.embed(tokens, attention_mask), 0
@@ -225,8 +250,9 @@ class SmallTransformer(HookedRootModule):
             if resid is None:
                 raise ValueError("start_at_layer needs the residual stream entering that layer")
             x, first = resid, start_at_layer
-        for block in self.blocks[first:]:
-            x = block(x, attention_mask)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks[first:], start=first):
+            x = block(x, attention_mask, query_positions if i == last else None)
         return self.unembed.hook_in(self.ln_final(x)) @ self.W_U + self.b_U
 
     # ---- files ----------------------------------------------------------------------------

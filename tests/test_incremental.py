@@ -109,3 +109,22 @@ def test_bridge_models_step_through_a_twin_or_fall_back(family, stepped):
     assert supports_steps(ctx.patcher) is stepped
     res = acdc.run(ctx, acdc.ACDCConfig(tau=0.02, progress=False))
     assert res.forward_passes > 0 and res.stats["tested_edges"] > 0
+
+
+@pytest.mark.parametrize("start", [None, 1])
+def test_last_block_at_read_positions_gives_the_same_logits(start):
+    """`narrow_last_layer`: the last block computes only the positions read; those logits do not change."""
+    from acdc_lite.padding import forward
+
+    model, task = _model(2, 32), _padded_task("left")
+    g = torch.Generator().manual_seed(2)
+    positions = torch.randint(0, task.clean.shape[1], (len(task.clean), 3), generator=g)
+    resid = model.embed(task.clean, task.attention_mask)
+    if start is not None:
+        resid = model.blocks[0](resid, task.attention_mask)
+    kw = {} if start is None else {"start_at_layer": start, "resid": resid}
+    with torch.no_grad():
+        narrow = forward(model, task.clean, task.attention_mask, positions=positions, narrow_last_layer=True, **kw)
+        full = forward(model, task.clean, task.attention_mask, positions=positions, **kw)
+    assert narrow.shape == full.shape == (len(task.clean), 3, VOCAB)
+    assert torch.allclose(narrow, full, atol=1e-5)
