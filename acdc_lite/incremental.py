@@ -32,6 +32,14 @@ def supports_steps(patcher: EdgePatcher) -> bool:
             and not patcher.graph.parallel_attn_mlp)
 
 
+def node_shares(model) -> tuple[float, float]:
+    """(one head, one MLP) of `model` as shares of a forward pass, by their multiply-adds per token (4 x heads x d_head
+    for a layer's attention, 2 x d_mlp for its MLP, per d_model): what a node step counts for recomputing one."""
+    cfg = model.cfg
+    attn, mlp = 4 * cfg.n_heads * cfg.d_head, 2 * cfg.d_mlp
+    return attn / (attn + mlp) / cfg.n_heads / cfg.n_layers, mlp / (attn + mlp) / cfg.n_layers
+
+
 def _at(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     """x [..., b, p, d] at `positions` [b, T] of each row (None: all positions)."""
     if positions is None:
@@ -73,10 +81,7 @@ class LayerSteps:
         self.graph: ModelGraph = g
         self.block = patcher.model.blocks[layer]
         self.last = layer == g.n_layers - 1
-        cfg = patcher.model.cfg
-        attn_flops, mlp_flops = 4 * cfg.n_heads * cfg.d_head, 2 * cfg.d_mlp
-        self.head_share = attn_flops / (attn_flops + mlp_flops) / cfg.n_heads / g.n_layers  # of a forward pass
-        self.mlp_share = mlp_flops / (attn_flops + mlp_flops) / g.n_layers
+        self.head_share, self.mlp_share = node_shares(patcher.model)
         self.chunks = [self._base(idx, prefix) for idx in patcher._chunks()]
         self.receiver: int | None = None
 

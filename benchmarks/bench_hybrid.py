@@ -135,22 +135,43 @@ def random_gpt2(n_layer: int, seed: int = 0):
 
 def acdc_extrapolated(model, task, tau: float) -> tuple[float, float, int]:
     """ACDC's search forward passes over the whole graph, extrapolated from a measured prefix of its search (the
-    edges into `logits`, the first receiver it visits): its passes per tested edge (per unit of floor, one suffix
-    pass per tested edge, where the model runs suffixes) times every edge tested once, plus the prefix-recording
-    pass. Returns (extrapolated passes, measured prefix passes, prefix edges)."""
+    edges into `logits` and into the receivers of the last two layers, the first it visits): its measured passes over
+    what the pass accounting predicts for that prefix (speculative candidates wasted after kept edges make the
+    difference), times the prediction for testing every edge once. The prediction per tested edge into a receiver of
+    layer l of L: node steps (our models and native twins): the receiver's node (one head or the MLP, at the read
+    positions in the last layer; nothing into logits) plus (L - l - 1) / L; suffix passes: (L - l) / L (the last layer
+    for logits); each layer's state pass: (L - l) / L. Returns (extrapolated passes, measured prefix passes, prefix
+    edges)."""
+    from acdc_lite.incremental import node_shares, supports_steps
+
     ctx = SearchContext.build(model, task)
     graph = ctx.graph
-    prefix_edges = torch.zeros_like(graph.valid)
-    prefix_edges[:, graph.logits_receiver] = graph.valid[:, graph.logits_receiver]
+    layer_of = torch.tensor([min(graph.receiver_layer(r), graph.n_layers) for r in range(graph.n_receivers)])
+    prefix_edges = graph.valid & (layer_of >= graph.n_layers - 2)[None, :]
     result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, test=prefix_edges, progress=False))
+    steps = supports_steps(ctx.patcher)
+    head, mlp = node_shares(ctx.patcher.model) if steps else (0.0, 0.0)
+    read = 1 / task.clean.shape[1]  # logit difference reads one position
+
+    def predicted(receivers) -> float:
+        total, layers = 0.0, set()
+        for r in receivers:
+            layer, kind = graph.receiver_layer(r), graph.receivers[r][0].kind.value
+            stage = min(layer, graph.n_layers - 1)
+            layers.add(stage)
+            if steps:
+                node = 0.0 if kind == "logits" else (head + mlp if kind == "head" else mlp)
+                node *= read if stage == graph.n_layers - 1 else 1.0
+                per_edge = node + (graph.n_layers - stage - 1) / graph.n_layers
+            else:
+                per_edge = (graph.n_layers - stage) / graph.n_layers
+            total += graph.n_senders_before(r) * per_edge
+        return total + (sum((graph.n_layers - s) / graph.n_layers for s in layers) if steps else 0.0)
+
+    tested = [r for r in range(graph.n_receivers) if prefix_edges[:, r].any()]
     spent = result.search_forward_passes
-    if ctx.patcher.supports_start:
-        floor = result.stats["floor_forward_passes"]
-        full = sum(graph.n_senders_before(r) * (graph.n_layers - min(graph.receiver_layer(r), graph.n_layers - 1))
-                   / graph.n_layers for r in range(graph.n_receivers))
-    else:
-        floor, full = result.stats["tested_edges"], graph.n_edges()
-    return 1 + (spent - 1) / floor * full, spent, int(prefix_edges.sum())
+    # the first pass records the prefix
+    return 1 + (spent - 1) / predicted(tested) * predicted(range(graph.n_receivers)), spent, int(prefix_edges.sum())
 
 
 def cost_rows(n_layer: int) -> list[dict]:
@@ -161,10 +182,10 @@ def cost_rows(n_layer: int) -> list[dict]:
     tau = hybrid.params["tau"]
     extrapolated, spent, n_prefix = acdc_extrapolated(model, task, tau)
     rows = [_row(name, graph, hybrid, tau, ratio_to_acdc=round(feq(hybrid) / extrapolated, 4),
-                 acdc_cost=f"extrapolated from {n_prefix} edges into logits ({spent:.0f} passes)")]
+                 acdc_cost=f"extrapolated from {n_prefix} edges into the last two layers and logits ({spent:.0f} passes)")]
     rows.append({"model": name, "graph_edges": graph.n_edges(), "method": "acdc", "tau": round(tau, 4),
                  "forward_equivalents": round(extrapolated), "search_forward": round(extrapolated),
-                 "acdc_cost": f"extrapolated from {n_prefix} edges into logits ({spent:.0f} passes)"})
+                 "acdc_cost": f"extrapolated from {n_prefix} edges into the last two layers and logits ({spent:.0f} passes)"})
     return rows
 
 

@@ -130,7 +130,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
                 kept[:, cols] = False  # a node that feeds nothing needs no inputs
             else:
                 start_layer = _stage(graph, slot)
-                if steps_on and (steps is None or steps.layer != start_layer):
+                if steps_on and senders and (steps is None or steps.layer != start_layer):  # a layer's state when it has tests
                     steps = LayerSteps(patcher, ctx.metric, kept, start_layer, prefix)
                 i, size = 0, 1
                 while i < len(senders):
