@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from acdc_lite.graph import HEAD_PORTS, ModelGraph, NodeKind
-from acdc_lite.patching import EdgePatcher, Metric, Prefix, _expand, _positions, _PrefixChunk
+from acdc_lite.patching import EdgePatcher, Metric, Prefix, PrefixChunk, expand_rows, metric_positions
 
 
 def supports_steps(patcher: EdgePatcher) -> bool:
@@ -94,7 +94,7 @@ class LayerSteps:
         firsts = [g.head_receiver(layer, port, 0) for port in HEAD_PORTS]
         keep = firsts + [g.mlp_receiver(layer)] * g.has_mlp + [g.logits_receiver] * self.last
         st = p._new_pass(p.removed_weights(self.kept), record=not self.last, inputs_of=frozenset(keep))
-        positions = _expand(_positions(self.metric, idx), b)
+        positions = expand_rows(metric_positions(self.metric, idx), b)
         p._run(st, idx, layer, prefix if layer > 0 else None, positions)
         where = positions if self.last else None
         deltas = st.deltas[0].view(n, b, -1, st.deltas.shape[-1])
@@ -207,10 +207,10 @@ class LayerSteps:
             deltas[:, g.mlp_sender(self.layer)] = ch.mlp_out - ch.ablated_mlp
         for s, change in changes.items():
             deltas[:, s] += change
-        chunk = _PrefixChunk(deltas=deltas.view(c, n_before, b * pos, d), resid_pre={self.layer + 1: resid.flatten(0, 1)})
+        chunk = PrefixChunk(deltas=deltas.view(c, n_before, b * pos, d), resid_pre={self.layer + 1: resid.flatten(0, 1)})
         removed = p.removed_weights(self.kept).expand(c, -1, -1)
         return p._run(p._new_pass(removed), ch.idx, self.layer + 1, Prefix({ch.idx.start: chunk}),
-                      _positions(self.metric, ch.idx))
+                      metric_positions(self.metric, ch.idx))
 
     def accept(self, n: int) -> None:
         """The removals of the first `n` candidates of the last `try_removals` stand: candidate n-1 is the state."""

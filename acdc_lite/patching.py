@@ -70,7 +70,7 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
         # without a metric to feed, one position's logits is all the run needs
         at = positions[rows] if positions is not None else None if on_logits is not None else _ONE_POSITION
         with shared_qkv_input(model), model.hooks(fwd_hooks=fwd):  # no head input is patched here
-            logits = forward(model, tokens[rows], mask, positions=_expand(at, len(tokens[rows])))
+            logits = forward(model, tokens[rows], mask, positions=expand_rows(at, len(tokens[rows])))
         if on_logits is not None:
             on_logits(logits, slice(start, start + len(logits)))
         del logits
@@ -118,11 +118,12 @@ def ablated_outputs(model: nn.Module, graph: ModelGraph, corrupt_tokens: torch.T
 _ONE_POSITION = torch.zeros(1, 1, dtype=torch.long)  # position 0 of every row: a pass whose logits nobody reads
 
 
-def _expand(positions: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+def expand_rows(positions: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """Positions [1 | rows, T] as [rows, T] (a view), None as None."""
     return positions if positions is None or len(positions) == rows else positions.expand(rows, -1)
 
 
-def _positions(metric: Metric, idx: slice) -> torch.Tensor | None:
+def metric_positions(metric: Metric, idx: slice) -> torch.Tensor | None:
     """[b, T]: the positions `metric` reads for examples `idx`, or None (it reads every position)."""
     return metric.positions_of(torch.arange(idx.start, idx.stop)) if isinstance(metric, PositionMetric) else None
 
@@ -375,7 +376,7 @@ class EdgePatcher:
         """One patched forward pass over examples `idx`: logits [C*b, p, vocab] (at `positions` [b, T]: [C*b, T, vocab])."""
         tokens = self.tokens[idx]
         c = st.n_candidates
-        at = None if positions is None else _expand(positions, len(tokens)).repeat(c, 1)
+        at = None if positions is None else expand_rows(positions, len(tokens)).repeat(c, 1)
         mask = None if self.attention_mask is None else self.attention_mask[idx].repeat(c, 1)
         st.ablated = [a if a.shape[0] == 1 else a[idx] for a in self.ablated]
         if start_layer > 0:
@@ -429,7 +430,7 @@ class EdgePatcher:
         c = removed.shape[0]
         total, each = torch.zeros(c), []
         for idx in self._chunks(candidates=c if start_layer == 0 else 1):
-            logits = self._run(self._new_pass(removed), idx, start_layer, prefix, _positions(metric, idx))
+            logits = self._run(self._new_pass(removed), idx, start_layer, prefix, metric_positions(metric, idx))
             values = self._metric(metric, logits, idx, c)
             total += values.sum(dim=1).cpu()
             if per_example:
@@ -456,7 +457,7 @@ class EdgePatcher:
         for idx in self._chunks():
             st = self._new_pass(removed, record=True)
             self._run(st, idx, positions=_ONE_POSITION)  # its logits are not read
-            chunks[idx.start] = _PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
+            chunks[idx.start] = PrefixChunk(deltas=st.deltas, resid_pre=st.resid_pre)
         return Prefix(chunks)
 
     def mask_gradient(self, metric: Metric, kept: torch.Tensor | None = None, ig_steps: int = 1,
@@ -508,16 +509,16 @@ class EdgePatcher:
             st = self._new_pass(removed, collect=True, record=record and step == ig_steps)
             st.input_alpha = None if step == ig_steps else step / ig_steps
             with torch.enable_grad(), frozen_weights(self.model):
-                logits = self._run(st, idx, positions=_positions(metric, idx))
+                logits = self._run(st, idx, positions=metric_positions(metric, idx))
                 return st, self._metric(metric, logits, idx, 1)
 
         grad = torch.zeros(g.n_senders, g.n_receivers, dtype=torch.float64)
-        recorded: dict[int, _PrefixChunk] = {}
+        recorded: dict[int, PrefixChunk] = {}
 
         def finish(idx: slice, st: _Pass, summed: dict[int, torch.Tensor]) -> None:
             """Edge gradients of one chunk from its receiver gradients `summed` and its (last step's) pass."""
             if record:
-                recorded[idx.start] = _PrefixChunk(deltas=st.deltas.detach(), resid_pre=st.resid_pre)
+                recorded[idx.start] = PrefixChunk(deltas=st.deltas.detach(), resid_pre=st.resid_pre)
             deltas = st.deltas.detach()[0]  # [S, b*p, d]
             real = None if self.attention_mask is None else self.attention_mask[idx]
             for col, gr in summed.items():
@@ -577,16 +578,19 @@ class EdgePatcher:
 
 
 @dataclass
-class _PrefixChunk:
-    deltas: torch.Tensor  # [1, S, b*p, d]
-    resid_pre: dict[int, torch.Tensor]
+class PrefixChunk:
+    """What a suffix pass over one chunk of prompts starts from: sender differences and the residual entering a layer,
+    of one mask (shared by every candidate) or of each candidate."""
+
+    deltas: torch.Tensor  # [1 | C, S' >= senders before the start layer, b*p, d]
+    resid_pre: dict[int, torch.Tensor]  # layer -> [b | C*b, p, d]
 
 
 @dataclass
 class Prefix:
     """Per-chunk residual streams and sender differences of one recorded pass (see `record_prefix`)."""
 
-    chunks: dict[int, _PrefixChunk]
+    chunks: dict[int, PrefixChunk]
 
 
 @contextlib.contextmanager
