@@ -146,41 +146,17 @@ def acdc_extrapolated(model, task, tau: float) -> tuple[float, float, int]:
     """ACDC's search forward passes over the whole graph, extrapolated from a measured prefix of its search (the
     edges into `logits` and into the receivers of the last two layers, the first it visits): its measured passes over
     what the pass accounting predicts for that prefix (speculative candidates wasted after kept edges make the
-    difference), times the prediction for testing every edge once. The prediction per tested edge into a receiver of
-    layer l of L: node steps (our models and native twins): the receiver's node (one head or the MLP, at the read
-    positions in the last layer; nothing into logits) plus (L - l - 1) / L; suffix passes: (L - l) / L (the last layer
-    for logits); each layer's state pass: (L - l) / L. Returns (extrapolated passes, measured prefix passes, prefix
-    edges)."""
-    from acdc_lite.incremental import node_shares, supports_steps
-
+    difference), times the prediction for testing every edge once (`acdc.predicted_passes`). Returns (extrapolated
+    passes, measured prefix passes, prefix edges)."""
     ctx = SearchContext.build(model, task)
     graph = ctx.graph
     layer_of = torch.tensor([min(graph.receiver_layer(r), graph.n_layers) for r in range(graph.n_receivers)])
     prefix_edges = graph.valid & (layer_of >= graph.n_layers - 2)[None, :]
     result = acdc.run(ctx, acdc.ACDCConfig(tau=tau, test=prefix_edges, progress=False))
-    steps = supports_steps(ctx.patcher)
-    head, mlp = node_shares(ctx.patcher.model) if steps else (0.0, 0.0)
-    read = 1 / task.clean.shape[1]  # logit difference reads one position
-
-    def predicted(receivers) -> float:
-        total, layers = 0.0, set()
-        for r in receivers:
-            layer, kind = graph.receiver_layer(r), graph.receivers[r][0].kind.value
-            stage = min(layer, graph.n_layers - 1)
-            layers.add(stage)
-            if steps:
-                node = 0.0 if kind == "logits" else (head + mlp if kind == "head" else mlp)
-                node *= read if stage == graph.n_layers - 1 else 1.0
-                per_edge = node + (graph.n_layers - stage - 1) / graph.n_layers
-            else:
-                per_edge = (graph.n_layers - stage) / graph.n_layers
-            total += graph.n_senders_before(r) * per_edge
-        return total + (sum((graph.n_layers - s) / graph.n_layers for s in layers) if steps else 0.0)
-
     tested = [r for r in range(graph.n_receivers) if prefix_edges[:, r].any()]
     spent = result.search_forward_passes
-    # the first pass records the prefix
-    return 1 + (spent - 1) / predicted(tested) * predicted(range(graph.n_receivers)), spent, int(prefix_edges.sum())
+    whole, part = acdc.predicted_passes(ctx.patcher, ctx.metric), acdc.predicted_passes(ctx.patcher, ctx.metric, tested)
+    return 1 + (spent - 1) / part * whole, spent, int(prefix_edges.sum())  # the first pass records the prefix
 
 
 def cost_rows(n_layer: int) -> list[dict]:

@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 
 from acdc_lite.boundary import InputError
 from acdc_lite.graph import HEAD_PORTS, ModelGraph, NodeKind
-from acdc_lite.incremental import LayerSteps, supports_steps
+from acdc_lite.incremental import LayerSteps, node_shares, supports_steps
+from acdc_lite.patching import metric_positions
 from acdc_lite.runs import Checkpointer
 from acdc_lite.search.common import SearchContext, SearchResult, prune_dangling
 
@@ -76,6 +77,30 @@ def _sender_order(graph: ModelGraph, receiver: int, shuffle_seed: int | None) ->
         g = torch.Generator().manual_seed(shuffle_seed * 100_003 + receiver)
         senders = [senders[i] for i in torch.randperm(len(senders), generator=g).tolist()]
     return senders
+
+
+def predicted_passes(patcher, metric, receivers=None) -> float:
+    """Forward passes ACDC spends testing every edge into `receivers` (default: all) once, by the pass accounting
+    (README, Conventions), speculation aside. Per tested edge into a receiver of layer l of L: with node steps its node
+    (a head or the MLP; at the read positions in the last layer; nothing for logits) plus (L - l - 1) / L, and one
+    (L - l) / L state pass per layer; on suffix passes (L - l) / L (logits: the last layer's)."""
+    graph = patcher.graph
+    steps = supports_steps(patcher)
+    head, mlp = node_shares(patcher.model) if steps else (0.0, 0.0)
+    positions = metric_positions(metric, slice(0, 1))
+    read = 1.0 if positions is None else positions.shape[1] / patcher.tokens.shape[1]
+    last, n = graph.n_layers - 1, graph.n_layers
+    total, stages = 0.0, set()
+    for r in range(graph.n_receivers) if receivers is None else receivers:
+        stage, kind = min(graph.receiver_layer(r), last), graph.receivers[r][0].kind
+        stages.add(stage)
+        if not steps:
+            per_edge = (n - stage) / n
+        else:
+            node = 0.0 if kind is NodeKind.LOGITS else (head + mlp if kind is NodeKind.HEAD else mlp)
+            per_edge = node * (read if stage == last else 1.0) + (n - stage - 1) / n
+        total += graph.n_senders_before(r) * per_edge
+    return total + (sum((n - s) / n for s in stages) if steps else 0.0)
 
 
 def _stage(graph: ModelGraph, slot: tuple[int, ...]) -> int:
