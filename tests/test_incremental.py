@@ -93,9 +93,9 @@ def test_node_steps_with_a_metric_of_every_position():
 
 def test_hybrid_with_and_without_node_steps(monkeypatch):
     model, task = _model(3, 32), _task()
-    stepped = search(model, task, "hybrid", tau=0.02, progress=False)
+    stepped = search(model, task, "hybrid", tau=0.02, plain_acdc=False, progress=False)
     monkeypatch.setattr(acdc, "supports_steps", lambda patcher: False)
-    suffix = search(model, task, "hybrid", tau=0.02, progress=False)
+    suffix = search(model, task, "hybrid", tau=0.02, plain_acdc=False, progress=False)
     assert torch.equal(stepped.kept, suffix.kept)
 
 

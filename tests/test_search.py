@@ -181,7 +181,7 @@ def _hybrid_ledger(res):
 def test_hybrid_keeps_its_stated_guarantee(small_model, toy_task, tau):
     """Joint removals went only where the measured drop was within slack x tau of the summed estimate, and the band started
     from the circuit they left (m(full) minus their drops); the circuit's metric is the band's last, re-measured."""
-    res = search(small_model, toy_task, "hybrid", tau=tau, progress=False)
+    res = search(small_model, toy_task, "hybrid", tau=tau, plain_acdc=False, progress=False)
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(res)
     assert any(t["phase"] == "joint" for t in res.trajectory) and not bad_accepts and not bad_rejects
     assert abs(chain - start) < 1e-5 and res.stats["band_units"] > 0
@@ -201,7 +201,8 @@ def test_hybrid_final_check_counts_units_the_final_gradient_puts_below_tau(small
     for check in (False, True):
         ctx = SearchContext.build(small_model, toy_task)
         ctx.reference()
-        runs[check] = hybrid.run(ctx, hybrid.HybridConfig(tau=0.002, progress=False, final_check=check))
+        runs[check] = hybrid.run(ctx, hybrid.HybridConfig(tau=0.002, progress=False, final_check=check,
+                                                           plain_acdc=False))
     plain, checked = runs[False], runs[True]
     assert torch.equal(plain.kept, checked.kept) and checked.backward_passes == plain.backward_passes + 1
     ctx = SearchContext.build(small_model, toy_task)
@@ -221,7 +222,7 @@ def test_hybrid_finds_acdcs_circuit(name, task_name):
 
     model = load_model(name)
     task = load_task(task_name, model, n_examples=64)
-    hybrid = search(model, task, "hybrid", progress=False)
+    hybrid = search(model, task, "hybrid", plain_acdc=False, progress=False)  # the attribution route
     exact_acdc = search(model, task, "acdc", metric=task.default_metric, tau=hybrid.params["tau"], progress=False)
     assert torch.equal(hybrid.kept, exact_acdc.kept)
     bad_accepts, bad_rejects, chain, start = _hybrid_ledger(hybrid)

@@ -186,7 +186,7 @@ def settings_of(circuit: Circuit) -> Settings | None:
 def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=None,
              tau: float | None = None, top_n: int | None = None, threshold: float | None = None,
              target_faithfulness: float | None = None, level: str | None = None, ig_steps: int | None = None,
-             include_mlps: bool | None = None, shuffle_seed: int | None = None,
+             include_mlps: bool | None = None, shuffle_seed: int | None = None, plain_acdc: bool | None = None,
              metric: str | None = None, ablation: Ablation | str = "resample", seed: int = 0, batch_size: int = 32,
              checkpoint: Checkpointer | str | Path | None = None, progress: bool = True, twin: bool = True) -> Circuit:
     """Find a circuit for `task` in `model` and return it as a Circuit.
@@ -200,9 +200,10 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
       top_n / threshold / target_faithfulness: how eap, eap-ig and exact pick the circuit from their scores: the n best
         edges, the edges with |score| >= threshold, or the smallest top-k reaching that faithfulness (default 0.9).
       level: "edge" or "node" for eap, eap-ig, exact (node: whole nodes ranked by their outgoing scores).
-      ig_steps: integrated-gradient steps of eap-ig and hybrid (default 5).
+      ig_steps: integrated-gradient steps of eap-ig (default 5) and hybrid (default 4).
       include_mlps: head-pruning and hisp also remove MLPs.
       shuffle_seed: acdc tests each receiver's edges in a seeded random order.
+      plain_acdc: hybrid runs plain ACDC where it is predicted cheaper than the attribution (default on).
     metric: the search metric (default: KL for acdc, else the task's); faithfulness is on the same metric.
     ablation: resample (the corrupted prompts), zero, mean or mean-positional.
     seed: torch seed of the run. batch_size: examples per patched pass.
@@ -217,7 +218,8 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
     """
     started = time.perf_counter()
     given = {"tau": tau, "top_n": top_n, "threshold": threshold, "target_faithfulness": target_faithfulness,
-             "level": level, "ig_steps": ig_steps, "include_mlps": include_mlps, "shuffle_seed": shuffle_seed}
+             "level": level, "ig_steps": ig_steps, "include_mlps": include_mlps, "shuffle_seed": shuffle_seed,
+             "plain_acdc": plain_acdc}
     result = search(model, task, method, options, metric=metric, ablation=ablation, seed=seed, batch_size=batch_size,
                     checkpoint=checkpoint, progress=progress, twin=twin, **given)
     result.seconds = time.perf_counter() - started

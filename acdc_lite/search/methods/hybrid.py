@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from acdc_lite.search.methods._tau import tau_field
 from acdc_lite.search.methods.eap_ig import ig_steps_field
@@ -15,13 +15,16 @@ class HybridOptions:
 
     tau: float | None = tau_field()
     ig_steps: int = ig_steps_field(default=4)  # = HybridConfig's (a test holds them equal)
+    plain_acdc: bool = field(default=True, metadata={  # = HybridConfig's
+        "help": "Run plain ACDC where it is predicted cheaper than the attribution (small graphs)."})
 
 
 def run(ctx, options: HybridOptions, runtime: Runtime):
     from acdc_lite.search import hybrid
 
     return hybrid.run(ctx, hybrid.HybridConfig(tau=options.tau, ig_steps=options.ig_steps, batch=SPEC.candidates,
-                                               progress=runtime.progress, checkpoint=runtime.checkpoint))
+                                               plain_acdc=options.plain_acdc, progress=runtime.progress,
+                                               checkpoint=runtime.checkpoint))
 
 
 SPEC = MethodSpec("hybrid", "attribution-ordered block removal with bisection, then an ACDC sweep at the boundary",
