@@ -28,8 +28,7 @@ from acdc_lite.patching import EdgePatcher, Metric, Prefix, PrefixChunk, expand_
 
 def supports_steps(patcher: EdgePatcher) -> bool:
     """Whether `patcher`'s model computes single nodes (see module docstring) for this graph."""
-    return (getattr(patcher.model, "supports_node_steps", False) and patcher.graph.kv_group == 1
-            and not patcher.graph.parallel_attn_mlp)
+    return getattr(patcher.model, "supports_node_steps", False) and not patcher.graph.parallel_attn_mlp
 
 
 def node_shares(model) -> tuple[float, float]:
@@ -71,7 +70,8 @@ class _Chunk:
 class LayerSteps:
     """Tests of edges into the receivers of layer `layer` (and `logits` when it is the last), under `kept`.
 
-    Use `try_removals(receiver, senders)` -> each candidate's mean metric, then `accept(n)` with the number of
+    Use `try_removals(slot, senders)` (a receiver slot: one column, or a k/v group's columns under grouped-query
+    attention) -> each candidate's mean metric, then `accept(n)` with the number of
     leading candidates whose removal stands. `kept` must be kept in step by the caller (it is read, not copied:
     the edges out of the layer's nodes, which weight their changes, do not change while the layer is visited)."""
 
@@ -83,7 +83,7 @@ class LayerSteps:
         self.last = layer == g.n_layers - 1
         self.head_share, self.mlp_share = node_shares(patcher.model)
         self.chunks = [self._base(idx, prefix) for idx in patcher._chunks()]
-        self.receiver: int | None = None
+        self.slot: tuple[int, ...] = ()
 
     # ---- the layer's state ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -102,7 +102,10 @@ class LayerSteps:
         heads = slice(g.head_sender(layer, 0), g.head_sender(layer, 0) + g.n_heads)
         groups = {grp.start: i for i, grp in enumerate(g.sender_groups)}
         ablated_heads = _at(self._ablated(groups[heads.start], idx).permute(2, 0, 1, 3).expand(g.n_heads, *shape), where)
-        inputs = {first + h: st.receiver_inputs[first][:, :, h] for first in firsts for h in range(g.n_heads)}
+        inputs = {}  # a k/v group's heads share one input (grouped-query attention)
+        for first in firsts:
+            x = st.receiver_inputs[first]  # [b, p, n, d], n = heads or k/v heads
+            inputs.update({first + h: x[:, :, h // (g.n_heads // x.shape[2])] for h in range(g.n_heads)})
         chunk = _Chunk(idx=idx, positions=where, mask=None if p.attention_mask is None else p.attention_mask[idx],
                        deltas=self._before(deltas, heads.start, idx, prefix), inputs=inputs,
                        results=_at(deltas[heads], where) + ablated_heads, ablated_heads=ablated_heads)
@@ -144,35 +147,36 @@ class LayerSteps:
 
     # ---- candidates -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def try_removals(self, receiver: int, senders: list[int]) -> list[float]:
-        """Mean metric with the edges from senders[:k+1] into `receiver` removed, for k = 0..C-1: [C]."""
-        self.receiver = receiver
+    def try_removals(self, slot: tuple[int, ...], senders: list[int]) -> list[float]:
+        """Mean metric with the edges from senders[:k+1] into the receiver `slot` removed, for k = 0..C-1: [C]."""
+        self.slot = slot
         total = torch.zeros(len(senders))
         for ch in self.chunks:
-            logits = self._candidates(ch, receiver, senders)
+            logits = self._candidates(ch, slot, senders)
             total += self.patcher._metric(self.metric, logits, ch.idx, len(senders)).sum(dim=1).cpu()
         return (total / len(self.patcher.tokens)).tolist()
 
-    def _candidates(self, ch: _Chunk, receiver: int, senders: list[int]) -> torch.Tensor:
+    def _candidates(self, ch: _Chunk, slot: tuple[int, ...], senders: list[int]) -> torch.Tensor:
         g, layer, model = self.graph, self.layer, self.patcher.model
-        node, port = g.receivers[receiver]
+        node, port = g.receivers[slot[0]]
         c, frac = len(senders), (ch.idx.stop - ch.idx.start) / len(self.patcher.tokens)
         changes: dict[int, torch.Tensor] = {}  # sender -> change of its output [C, b, P', d]
         trial: dict[str, torch.Tensor] = {}
-        if node.kind is NodeKind.HEAD:
-            h = node.head
+        if node.kind is NodeKind.HEAD:  # the slot's heads (a k/v group's under grouped-query attention)
             cum = self._diff(ch, senders, None).cumsum(dim=0)  # senders before the layer: every position
-            trial["input"] = ch.inputs[receiver] - cum  # [C, b, p, d]
-            raw = [ch.inputs[g.head_receiver(layer, q, h)] for q in HEAD_PORTS]
-            raw[HEAD_PORTS.index(port)] = trial["input"]
-            raw[0] = _at(raw[0], ch.positions)  # queries only where the metric reads (in the last layer)
-            ins = [self.block.ln1(x) for x in raw]
-            trial["result"] = self.block.attn.head_result(h, *ins, ch.positions, ch.mask)
-            changes[g.head_sender(layer, h)] = trial["result"] - ch.results[h]
-            self.patcher.forward_passes += c * frac * self.head_share * self._position_share(ch)
+            trial["input"] = ch.inputs[slot[0]] - cum  # [C, b, p, d]
+            ln = self.block.ln1
+            for col in slot:
+                h = g.receivers[col][0].head
+                raw = [ch.inputs[g.head_receiver(layer, q, h)] for q in HEAD_PORTS]
+                raw[HEAD_PORTS.index(port)] = trial["input"]
+                raw[0] = _at(raw[0], ch.positions)  # queries only where the metric reads (in the last layer)
+                trial[f"result {h}"] = self.block.attn.head_result(h, *(ln(x) for x in raw), ch.positions, ch.mask)
+                changes[g.head_sender(layer, h)] = trial[f"result {h}"] - ch.results[h]
+            self.patcher.forward_passes += c * frac * self.head_share * len(slot) * self._position_share(ch)
             if g.has_mlp:
-                weight = self.kept[g.head_sender(layer, h), g.mlp_receiver(layer)].float()
-                trial["mlp_in"] = ch.mlp_in + weight * changes[g.head_sender(layer, h)]
+                mlp = g.mlp_receiver(layer)
+                trial["mlp_in"] = ch.mlp_in + sum(self.kept[s, mlp].float() * d for s, d in changes.items())
         elif node.kind is NodeKind.MLP:
             trial["mlp_in"] = ch.mlp_in - self._diff(ch, senders, ch.positions).cumsum(dim=0)
         else:
@@ -217,13 +221,14 @@ class LayerSteps:
         if n == 0:
             return
         g, k = self.graph, n - 1
-        node = g.receivers[self.receiver][0]
         for ch in self.chunks:
             t = {key: value[k] for key, value in ch.trial.items()}
             if "input" in t:
-                ch.inputs[self.receiver] = t["input"]
                 ch.results = ch.results.clone()
-                ch.results[node.head] = t["result"]
+                for col in self.slot:
+                    h = g.receivers[col][0].head
+                    ch.inputs[col] = t["input"]
+                    ch.results[h] = t[f"result {h}"]
             if "mlp_in" in t:
                 ch.mlp_in, ch.mlp_out = t["mlp_in"], t["mlp_out"]
             if "logits_in" in t:

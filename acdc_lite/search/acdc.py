@@ -143,7 +143,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
     snapshot = _snapshot(graph, kept, scores, trajectory, done_receivers, current, floor)
     done = set(done_receivers)
     order = [slot for slot in receiver_order(graph) if slot[0] not in done]
-    steps_on, steps = config.node_steps and supports_steps(patcher) and graph.kv_group == 1, None
+    steps_on, steps = config.node_steps and supports_steps(patcher), None
     bar = tqdm(total=graph.n_edges(), initial=sum(graph.n_senders_before(r) for r in done_receivers),
                desc="ACDC edges", disable=not config.progress, unit="edge")
     try:
@@ -161,7 +161,7 @@ def run(ctx: SearchContext, config: ACDCConfig = ACDCConfig(), prefix=None, metr
                 while i < len(senders):
                     chunk = senders[i:i + size]
                     if steps is not None:
-                        values = steps.try_removals(receiver, chunk)
+                        values = steps.try_removals(slot, chunk)
                     else:
                         cands = kept[None].repeat(len(chunk), 1, 1)
                         for k, s in enumerate(chunk):
