@@ -46,7 +46,8 @@ def test_search_refuses_when_corrupt_equals_clean(small_model, toy_task):
 @pytest.mark.parametrize("method,at", [("acdc", 47), ("hybrid", 7), ("exact", 5), ("head-pruning", 4)])  # acdc, hybrid: in layer 0
 def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monkeypatch, method, at):
     option, value, other = ("top_n", 5, 6) if method == "exact" else ("tau", 0.02, 0.03)  # exact has no tau
-    whole = search(small_model, toy_task, method, progress=False, **{option: value})
+    route = {"plain_acdc": False} if method == "hybrid" else {}  # the hybrid's attribution route (acdc is tested apart)
+    whole = search(small_model, toy_task, method, progress=False, **route, **{option: value})
     ckpt = str(tmp_path / "ckpt.json")
     calls = {"n": 0}
 
@@ -61,13 +62,13 @@ def test_interrupt_and_resume_is_identical(small_model, toy_task, tmp_path, monk
     for owner, name in ((SearchContext, "evaluate"), (LayerSteps, "try_removals")):  # ACDC's tests: node steps
         monkeypatch.setattr(owner, name, flaky(getattr(owner, name)))
     with pytest.raises(KeyboardInterrupt):
-        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: value})
+        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **route, **{option: value})
     monkeypatch.undo()
     saved = json.loads(Path(ckpt).read_text())
     assert saved["method"] == ("acdc" if method == "hybrid" else method) and saved["state"]["forward_passes"] > 0
     with pytest.raises(UsageError, match=f"settings differ: {option}"):
-        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: other})
-    resumed = search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **{option: value})
+        search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **route, **{option: other})
+    resumed = search(small_model, toy_task, method, checkpoint=ckpt, progress=False, **route, **{option: value})
     assert torch.equal(resumed.kept, whole.kept)
     assert torch.equal(resumed.scores.nan_to_num(-9), whole.scores.nan_to_num(-9))  # the same arithmetic, bit for bit
     assert resumed.forward_passes < whole.forward_passes  # the saved part was not redone
@@ -235,3 +236,20 @@ def test_hybrid_option_defaults_are_its_configs():
     from acdc_lite.search.methods.hybrid import HybridOptions
 
     assert HybridOptions().ig_steps == HybridConfig().ig_steps == 4
+
+
+def test_hybrid_runs_plain_acdc_where_it_is_predicted_cheaper(small_model, toy_task):
+    """On a small graph node-step ACDC is predicted below the attribution route's least cost: the hybrid is ACDC
+    (same circuit, same passes); with a cheaper attribution (1 IG step, no rounds) it takes the attribution route."""
+    from acdc_lite.search import acdc, hybrid
+
+    ctx = SearchContext.build(small_model, toy_task)
+    predicted = acdc.predicted_passes(ctx.patcher, ctx.metric)
+    assert 3 < predicted <= 3 * (4 + 4)
+    routed = search(small_model, toy_task, "hybrid", tau=0.02, progress=False)
+    plain = search(small_model, toy_task, "acdc", metric=toy_task.default_metric, tau=0.02, progress=False)
+    assert routed.stats["route"] == "acdc" and torch.equal(routed.kept, plain.kept)
+    assert routed.search_forward_passes == plain.search_forward_passes and routed.backward_passes == 0
+    ctx.reference()
+    cheap = hybrid.run(ctx, hybrid.HybridConfig(tau=0.02, ig_steps=1, rounds=0, progress=False))
+    assert cheap.stats["route"] == "attribution" and cheap.backward_passes > 0

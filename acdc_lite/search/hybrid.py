@@ -1,8 +1,9 @@
 """Hybrid search: attribution estimates every edge, joint removals verified by real passes, exact ACDC in the band.
 
 0. Route (`plain_acdc`, on by default): when exact ACDC's predicted passes (`acdc.predicted_passes`: node steps
-   make it cheap on small graphs) are at most what the attribution alone would cost (3 x ig_steps forward-equivalents),
-   plain ACDC runs instead and its circuit is the result (`stats["route"]` says which route ran).
+   make it cheap on small graphs) are at most what the attribution route costs at least (its EAP-IG passes and one
+   gradient probe per round: 3 x (ig_steps + rounds) forward-equivalents), plain ACDC runs instead and its circuit is
+   the result (`stats["route"]` says which route ran).
 1. Attribution at the full model (EAP-IG, `ig_steps`): an estimated drop of the metric per edge (a tied k/v unit:
    the sum over its edges), signed. The same pass gives m(full).
 2. Joint removal, in rounds: every kept unit estimated to cost less than `remove_below` x tau (negative estimates
@@ -66,7 +67,7 @@ class HybridConfig:
     min_block: int = 32  # joint removals (and the halves of a failed one) have at least this many units
     batch: int = 8  # ACDC's speculative candidates per pass in the band
     final_check: bool = False  # a gradient pass at the final circuit counts kept units estimated below tau
-    plain_acdc: bool = True  # plain ACDC when its predicted passes are at most the attribution's (3 x ig_steps)
+    plain_acdc: bool = True  # plain ACDC when its predicted passes are at most the attribution route's least cost
     progress: bool = True
     checkpoint: Checkpointer | None = None  # for the band's ACDC (the cheap phases before it are recomputed on resume)
 
@@ -74,7 +75,7 @@ class HybridConfig:
 def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResult:
     graph, patcher, tau = ctx.graph, ctx.patcher, config.tau
     predicted = acdc.predicted_passes(patcher, ctx.metric)
-    if config.plain_acdc and predicted <= 3 * config.ig_steps:  # a backward pass costs about two forwards
+    if config.plain_acdc and predicted <= _least_attribution_cost(config):
         return _plain_acdc(ctx, config, predicted)
     kept = graph.full_mask()
     current, grad, prefix = patcher.probe(ctx.metric, kept, ig_steps=config.ig_steps)
@@ -125,6 +126,12 @@ def run(ctx: SearchContext, config: HybridConfig = HybridConfig()) -> SearchResu
     return result
 
 
+def _least_attribution_cost(config: HybridConfig) -> float:
+    """Forward-equivalents the attribution route costs at least: its EAP-IG passes and one gradient probe per round
+    (a backward pass costs about two forwards)."""
+    return 3.0 * (config.ig_steps + config.rounds)
+
+
 def _plain_acdc(ctx: SearchContext, config: HybridConfig, predicted: float) -> SearchResult:
     """ACDC on every edge (its circuit, for less than the attribution would cost), reported as the hybrid's."""
     result = acdc.run(ctx, acdc.ACDCConfig(tau=config.tau, batch=config.batch, progress=config.progress,
@@ -132,7 +139,7 @@ def _plain_acdc(ctx: SearchContext, config: HybridConfig, predicted: float) -> S
     result.method = "hybrid"
     result.params = {"tau": config.tau, "ig_steps": config.ig_steps, "batch": config.batch}
     result.trajectory = [{"phase": "route", "route": "acdc", "predicted_acdc_passes": predicted,
-                          "attribution_passes": 3 * config.ig_steps}] + [{"phase": "band", **s} for s in result.trajectory]
+                          "least_attribution_cost": _least_attribution_cost(config)}] + [{"phase": "band", **s} for s in result.trajectory]
     result.stats = {**result.stats, "route": "acdc", "band_units": result.stats["tested_edges"]}
     return result
 
