@@ -32,10 +32,12 @@ def supports_steps(patcher: EdgePatcher) -> bool:
 
 
 def node_shares(model) -> tuple[float, float]:
-    """(one head, one MLP) of `model` as shares of a forward pass, by their multiply-adds per token (4 x heads x d_head
-    for a layer's attention, 2 x d_mlp for its MLP, per d_model): what a node step counts for recomputing one."""
+    """(one head, one MLP) of `model` as shares of a forward pass, by their multiply-adds per token (2 x (heads +
+    k/v heads) x d_head for a layer's attention, 2 or, gated, 3 x d_mlp for its MLP, per d_model): what a node step
+    counts for recomputing one."""
     cfg = model.cfg
-    attn, mlp = 4 * cfg.n_heads * cfg.d_head, 2 * cfg.d_mlp
+    attn = 2 * (cfg.n_heads + cfg.kv_heads) * cfg.d_head
+    mlp = (3 if cfg.mlp_kind == "gated" else 2) * cfg.d_mlp
     return attn / (attn + mlp) / cfg.n_heads / cfg.n_layers, mlp / (attn + mlp) / cfg.n_layers
 
 

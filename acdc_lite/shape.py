@@ -46,7 +46,7 @@ def model_info(model: nn.Module) -> ModelInfo:
 
     if isinstance(model, SmallTransformer):
         c = model.cfg
-        return ModelInfo(c.name, "SmallTransformer", c.n_layers, c.n_heads, c.n_heads, c.d_model, c.n_out,
+        return ModelInfo(c.name, "SmallTransformer", c.n_layers, c.n_heads, c.kv_heads, c.d_model, c.n_out,
                          c.d_mlp > 0, False, True)
     if is_bridge(model):
         c = model.cfg

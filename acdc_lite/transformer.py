@@ -1,9 +1,15 @@
 """A small transformer on TransformerLens' `HookedRootModule`, with TransformerLens' hook names.
 
 For models TransformerLens' bridge cannot give per-head results for: attention-only toy models,
-models with no LayerNorm (tracr), and anything we build by hand. Per-head q/k/v inputs and
-results are always on. It can start the forward pass at any layer from a given residual stream,
-which is what lets edge patching recompute only the suffix of the model a change affects.
+models with no LayerNorm (tracr), and anything we build by hand; and, as a verified native twin
+(acdc_lite.twin), for GPT-2 and Llama-family bridges. Per-head q/k/v inputs and results are always on.
+It can start the forward pass at any layer from a given residual stream, which is what lets edge
+patching recompute only the suffix of the model a change affects.
+
+Llama-family options (all off by default): RMSNorm, rotary positions (from each prompt's first real
+token, as for learned positions), a gated SiLU MLP, and grouped-query attention (`n_kv_heads` k/v
+heads; `hook_k_input` / `hook_v_input` then carry one input per k/v head, [b, p, n_kv_heads, d_model],
+and query head i reads k/v head i // (n_heads / n_kv_heads)).
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 # act_fn -> the function; "gelu_new" is GPT-2's tanh approximation of GELU
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh")}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_new": functools.partial(F.gelu, approximate="tanh"), "silu": F.silu}
+NORMALIZATIONS = ("none", "layernorm", "rmsnorm")
+POSITIONALS = ("learned", "none", "rotary")
+MLP_KINDS = ("standard", "gated")  # gated: W_out(act(x W_gate) * (x W_in)), as Llama's
 
 
 @dataclass(frozen=True)
@@ -39,28 +48,47 @@ class SmallTransformerConfig:
     d_vocab: int
     n_ctx: int
     d_mlp: int = 0  # 0: attention only
-    normalization: str = "none"  # "none" | "layernorm"
-    act_fn: str = "relu"  # "relu" | "gelu" | "gelu_new" (GPT-2's tanh approximation)
-    positional: str = "learned"  # "learned" | "none"
+    normalization: str = "none"  # "none" | "layernorm" | "rmsnorm"
+    act_fn: str = "relu"  # "relu" | "gelu" | "gelu_new" (GPT-2's tanh approximation) | "silu"
+    positional: str = "learned"  # "learned" | "none" | "rotary"
     causal: bool = True
     d_vocab_out: int | None = None  # defaults to d_vocab
     vocab: list[str] | None = field(default=None, compare=False)  # token strings, for display
     name: str = "small-transformer"
-    ln_eps: float = 1e-5  # LayerNorm epsilon
+    ln_eps: float = 1e-5  # LayerNorm (or RMSNorm) epsilon
+    mlp_kind: str = "standard"  # "standard" | "gated"
+    n_kv_heads: int | None = None  # k/v heads (grouped-query attention); None: one per query head
+    rope_theta: float = 10000.0  # rotary base (positional="rotary")
 
     def __post_init__(self):
-        if self.normalization not in ("none", "layernorm"):
-            raise ValueError(f"normalization must be 'none' or 'layernorm', got {self.normalization!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(map(repr, NORMALIZATIONS))}, got {self.normalization!r}")
+        if self.mlp_kind not in MLP_KINDS:
+            raise ValueError(f"mlp_kind must be one of {', '.join(map(repr, MLP_KINDS))}, got {self.mlp_kind!r}")
+        if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"{self.n_heads} query heads cannot share {self.n_kv_heads} k/v heads")
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"rotary positions need an even d_head, got {self.d_head}")
         if self.act_fn not in ACTIVATIONS:
             raise ValueError(f"act_fn must be one of {', '.join(map(repr, ACTIVATIONS))}, got {self.act_fn!r}")
         if not self.ln_eps > 0:
             raise ValueError(f"ln_eps must be positive, got {self.ln_eps!r}")
-        if self.positional not in ("learned", "none"):
-            raise ValueError(f"positional must be 'learned' or 'none', got {self.positional!r}")
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {', '.join(map(repr, POSITIONALS))}, got {self.positional!r}")
 
     @property
     def n_out(self) -> int:
         return self.d_vocab_out or self.d_vocab
+
+    @property
+    def kv_heads(self) -> int:
+        """k/v heads (n_heads without grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per k/v head."""
+        return self.n_heads // self.kv_heads
 
 
 def scatter_positions(x: torch.Tensor, positions: torch.Tensor, n_positions: int) -> torch.Tensor:
@@ -70,17 +98,64 @@ def scatter_positions(x: torch.Tensor, positions: torch.Tensor, n_positions: int
     return out
 
 
+def position_ids(n: int, attention_mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Each position's index counted from its row's first real token: [b, n] with `attention_mask` [b, n] (padded
+    positions get their neighbours' ids; nothing real reads them), else [1, n]."""
+    if attention_mask is None:
+        return torch.arange(n, device=device)[None]
+    return (attention_mask.to(device).long().cumsum(-1) - 1).clamp(min=0)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in float32 (Llama's RMSNorm)."""
+
+    def __init__(self, d_model: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """Rotary position tables: `inv_freq` [d_head / 2] (from `rope_theta`; a twin sets its source model's) and
+    `scale` (a factor on cos and sin, 1 but for some scaled variants). Not saved: a config rebuilds it."""
+
+    def __init__(self, cfg: SmallTransformerConfig):
+        super().__init__()
+        e = cfg.d_head
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, e, 2, dtype=torch.int64).float() / e),
+                             persistent=False)
+        self.scale = 1.0
+
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [b, p] -> cos, sin [b, p, d_head]."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos() * self.scale, angles.sin() * self.scale
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., e] rotated by cos, sin [..., e] (broadcast): x cos + (-x2, x1) sin, halves x1, x2 of the last dim."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
 def _norm(cfg: SmallTransformerConfig) -> nn.Module:
-    return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.normalization == "layernorm" else nn.Identity()
+    if cfg.normalization == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+    return RMSNorm(cfg.d_model, cfg.ln_eps) if cfg.normalization == "rmsnorm" else nn.Identity()
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: SmallTransformerConfig):
         super().__init__()
-        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        h, g, d, e = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.cfg = cfg
-        self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.empty(h, d, e)) for _ in range(3))
-        self.b_Q, self.b_K, self.b_V = (nn.Parameter(torch.zeros(h, e)) for _ in range(3))
+        self.W_Q, self.W_K, self.W_V = (nn.Parameter(torch.empty(n, d, e)) for n in (h, g, g))
+        self.b_Q, self.b_K, self.b_V = (nn.Parameter(torch.zeros(n, e)) for n in (h, g, g))
         self.W_O = nn.Parameter(torch.empty(h, e, d))
         self.b_O = nn.Parameter(torch.zeros(d))
         for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
@@ -88,16 +163,36 @@ class Attention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z, self.hook_result = HookPoint(), HookPoint()
+        if cfg.positional == "rotary":
+            self.rotary = Rotary(cfg)
+
+    def _rotated(self, q: torch.Tensor, k: torch.Tensor, query_positions: torch.Tensor | None,
+                 attention_mask: torch.Tensor | None, per_head: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k rotated by their positions (q's at `query_positions` [b, T]; None: every position), as they are
+        without rotary positions. per_head: q [b, T, h, e], k [b, p, h, e]; else q [..., b, T, e], k [..., b, p, e]."""
+        if self.cfg.positional != "rotary":
+            return q, k
+        n_keys = k.shape[1] if per_head else k.shape[-2]
+        ids = position_ids(n_keys, attention_mask, k.device)  # [b|1, p]
+        q_ids = ids if query_positions is None else torch.gather(ids.expand(len(query_positions), -1), 1,
+                                                                 query_positions.to(ids.device))
+        (qc, qs), (kc, ks) = self.rotary.tables(q_ids), self.rotary.tables(ids)  # [b|1, T|p, e]
+        if per_head:
+            qc, qs, kc, ks = qc[:, :, None], qs[:, :, None], kc[:, :, None], ks[:, :, None]
+        return rotate(q, qc, qs), rotate(k, kc, ks)
 
     def forward(self, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised per-head inputs [b, p, h, d] -> per-head results [b, p, h, d]. `attention_mask` [b, p]
-        (True at real tokens): no query attends a padded key other than itself (a padded query then sees only
-        itself, so nothing is NaN). With `query_positions` [b, T], q_in holds only those queries [b, T, h, d] and the
-        results are zero at every other position."""
+        """Normalised per-head inputs [b, p, h, d] (k_in, v_in: [b, p, n_kv_heads, d]) -> per-head results
+        [b, p, h, d]. `attention_mask` [b, p] (True at real tokens): no query attends a padded key other than itself
+        (a padded query then sees only itself, so nothing is NaN). With `query_positions` [b, T], q_in holds only
+        those queries [b, T, h, d] and the results are zero at every other position."""
         q = self.hook_q(torch.einsum("bphd,hde->bphe", q_in, self.W_Q) + self.b_Q)
         k = self.hook_k(torch.einsum("bphd,hde->bphe", k_in, self.W_K) + self.b_K)
         v = self.hook_v(torch.einsum("bphd,hde->bphe", v_in, self.W_V) + self.b_V)
+        q, k = self._rotated(q, k, query_positions, attention_mask, per_head=True)
+        if self.cfg.kv_group > 1:  # each query head reads its group's k/v head
+            k, v = k.repeat_interleave(self.cfg.kv_group, dim=2), v.repeat_interleave(self.cfg.kv_group, dim=2)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(self.cfg.d_head)
         hidden = self.hidden_keys(scores.shape[-1], query_positions, attention_mask)
         if hidden is not None:
@@ -123,10 +218,12 @@ class Attention(nn.Module):
                     query_positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """One head's result [..., b, q, d_model] from its normalised inputs q_in [..., b, q, d_model] and k_in, v_in
         [..., b, p, d_model] (leading dimensions broadcast), with its queries at `query_positions` [b, q] (None: all
-        p positions) and `attention_mask` [b, p] as in `forward`. Fires no hooks."""
+        p positions) and `attention_mask` [b, p] as in `forward`; k_in, v_in are its k/v group's. Fires no hooks."""
+        kv = head // self.cfg.kv_group
         q = q_in @ self.W_Q[head] + self.b_Q[head]
-        k = k_in @ self.W_K[head] + self.b_K[head]
-        v = v_in @ self.W_V[head] + self.b_V[head]
+        k = k_in @ self.W_K[kv] + self.b_K[kv]
+        v = v_in @ self.W_V[kv] + self.b_V[kv]
+        q, k = self._rotated(q, k, query_positions, attention_mask, per_head=False)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.cfg.d_head)  # [..., b, q, p]
         hidden = self.hidden_keys(k.shape[-2], query_positions, attention_mask)
         if hidden is not None:
@@ -143,10 +240,19 @@ class MLP(nn.Module):
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.act = ACTIVATIONS[cfg.act_fn]
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+        self.gated = cfg.mlp_kind == "gated"
+        if self.gated:  # hook_pre is the gate's pre-activation and hook_pre_linear the input projection (as in TransformerLens)
+            self.W_gate = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
+            self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp))
+            self.hook_pre_linear = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
-        return self.hook_post(self.act(pre)) @ self.W_out + self.b_out
+        if self.gated:
+            gate = self.hook_pre(x @ self.W_gate + self.b_gate)
+            post = self.act(gate) * self.hook_pre_linear(x @ self.W_in + self.b_in)
+        else:
+            post = self.act(self.hook_pre(x @ self.W_in + self.b_in))
+        return self.hook_post(post) @ self.W_out + self.b_out
 
 
 class Block(nn.Module):
@@ -171,10 +277,11 @@ class Block(nn.Module):
         only: hooks see every position, and the block's outputs are zero (its output stream meaningless) elsewhere."""
         resid = self.hook_resid_pre(resid)
         per_head = resid[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
+        per_kv = per_head if self.cfg.kv_group == 1 else resid[:, :, None, :].expand(-1, -1, self.cfg.kv_heads, -1)
         q_raw = self.hook_q_input(per_head)
         q_in = self.ln1(q_raw if query_positions is None else take_positions(q_raw, query_positions))
-        k_in = self.ln1(self.hook_k_input(per_head))
-        v_in = self.ln1(self.hook_v_input(per_head))
+        k_in = self.ln1(self.hook_k_input(per_kv))
+        v_in = self.ln1(self.hook_v_input(per_kv))
         results = self.attn(q_in, k_in, v_in, attention_mask, query_positions)
         attn_out = self.hook_attn_out(results.sum(dim=2) + self.attn.b_O)
         resid = self.hook_resid_mid(resid + attn_out)
@@ -220,7 +327,8 @@ class SmallTransformer(HookedRootModule):
 
     def embed(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[b, p] token ids -> [b, p, d_model] residual stream entering block 0. With `attention_mask` [b, p],
-        positions count real tokens only (a left-padded prompt's first real token is at position 0)."""
+        positions count real tokens only (a left-padded prompt's first real token is at position 0). Rotary
+        positions add nothing here (attention rotates q and k)."""
         if tokens.shape[-1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[-1]} tokens exceeds the model's context of {self.cfg.n_ctx}")
         x = self.hook_embed(self.W_E[tokens])
@@ -228,8 +336,7 @@ class SmallTransformer(HookedRootModule):
             if attention_mask is None:
                 pos = self.W_pos[: tokens.shape[-1]].expand_as(x)
             else:
-                ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [b, p]
-                pos = self.W_pos[ids]
+                pos = self.W_pos[position_ids(tokens.shape[-1], attention_mask, tokens.device)]
             x = x + self.hook_pos_embed(pos)
         return x
 

@@ -1,18 +1,23 @@
-"""A native twin: our `SmallTransformer` holding a TransformerBridge's GPT-2 weights, for faster patched passes.
+"""A native twin: our `SmallTransformer` holding a TransformerBridge's weights, for faster patched passes.
 
 A TransformerBridge runs the Hugging Face modules under its hooks; the same function on `SmallTransformer`
-(the same hook names, per-head inputs and results natively) costs about 3/4 of it per pass. `native_twin(bridge)`
-builds that twin for a bridge around a `GPT2LMHeadModel` and returns it only when it computes what the bridge
-computes: logits and every sender's output on a probe batch, unpadded and padded with an attention mask (real
-positions only), within `EQUIVALENCE_TOLERANCE`. Anything it does not mirror (another architecture, attention
-flags, weight processing, offloaded or non-float32 weights, hooks a user left on the bridge) gets None, with the
-reason logged. The twin shares the bridge's tensors where their layout allows (embeddings, unembedding, norms,
-MLPs, output projections): only the per-head q/k/v weights are copied. Built per use, so never stale.
+(the same hook names, per-head inputs and results natively) costs less per pass. `native_twin(bridge)` builds that
+twin for a bridge around a model of a family in `_FAMILIES` (GPT-2; Llama, Mistral and Qwen2 with RMSNorm, rotary
+positions, gated MLPs and grouped-query attention) and returns it only when it computes what the bridge computes:
+logits and every sender's output on a probe batch, unpadded and padded with an attention mask (real positions
+only), within `EQUIVALENCE_TOLERANCE`. Anything it does not mirror (another architecture, attention flags, rotary
+tables that change with the sequence length, a sliding window shorter than the context, weight processing,
+offloaded or non-float32 weights, hooks a user left on the bridge) gets None, with the reason logged. The twin
+shares the bridge's tensors where their layout allows (embeddings, unembedding, norms, MLPs; GPT-2's output
+projections): only per-head attention weights are copied. Built per use, so never stale.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,8 +36,10 @@ __all__ = ["TWIN_NAME", "native_twin"]
 TWIN_NAME = "native-twin"  # how a search result names the executor when the twin ran its passes
 
 # Hugging Face activation names -> SmallTransformer's (the same function)
-_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-_OTHER_FAMILY = "only GPT2LMHeadModel is mirrored"
+_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+# rotary variants whose tables depend on positions only (not on the sequence length), so the twin copies them once
+_STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
+_OTHER_FAMILY = "no native twin for this family"
 
 
 def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE) -> SmallTransformer | None:
@@ -59,18 +66,16 @@ def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE) -> S
 
 def _refusal(bridge: nn.Module) -> str | None:
     """Why the twin cannot mirror `bridge`, or None."""
-    from transformers import GPT2LMHeadModel
-
     hf = getattr(bridge, "original_model", None)
-    if type(hf) is not GPT2LMHeadModel:
-        return f"{_OTHER_FAMILY}, not {type(hf).__name__}"
-    c = hf.config
-    if not getattr(c, "scale_attn_weights", True) or getattr(c, "scale_attn_by_inverse_layer_idx", False) \
-            or getattr(c, "reorder_and_upcast_attn", False) or getattr(c, "add_cross_attention", False):
-        return "its attention flags (scale_attn_weights, scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn, " \
-               "add_cross_attention) are not GPT-2's defaults"
-    if c.activation_function not in _ACTIVATIONS:
-        return f"activation {c.activation_function!r}"
+    family = _family(hf)
+    if family is None:
+        return f"{_OTHER_FAMILY} ({type(hf).__name__}; mirrored: {', '.join(_FAMILIES)})"
+    try:
+        reason = family.refusal(hf)
+    except AttributeError as e:  # a module the family has, missing
+        reason = f"its layout is not the family's ({e})"
+    if reason is not None:
+        return reason
     source = getattr(bridge, "acdc_source", None)
     processing = getattr(source, "processing", None)
     if processing is not None and processing is not Processing.NONE:
@@ -84,6 +89,44 @@ def _refusal(bridge: nn.Module) -> str | None:
     held = [name for name, hp in bridge.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
     if held:
         return f"hooks left on the bridge ({', '.join(held[:3])})"
+    return None
+
+
+def _family(hf: nn.Module | None) -> _Family | None:
+    """The mirrored family of Hugging Face model `hf` (its exact class, not a subclass), else None."""
+    import transformers
+
+    name = type(hf).__name__
+    return _FAMILIES.get(name) if type(hf) is getattr(transformers, name, None) else None
+
+
+def _gpt2_refusal(hf: nn.Module) -> str | None:
+    c = hf.config
+    if not getattr(c, "scale_attn_weights", True) or getattr(c, "scale_attn_by_inverse_layer_idx", False) \
+            or getattr(c, "reorder_and_upcast_attn", False) or getattr(c, "add_cross_attention", False):
+        return "its attention flags (scale_attn_weights, scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn, " \
+               "add_cross_attention) are not GPT-2's defaults"
+    if c.activation_function not in _ACTIVATIONS:
+        return f"activation {c.activation_function!r}"
+    return None
+
+
+def _llama_refusal(hf: nn.Module) -> str | None:
+    """Llama, Mistral, Qwen2: what the twin does not mirror (checked on the modules the model runs)."""
+    c = hf.config
+    if c.hidden_act not in _ACTIVATIONS:
+        return f"activation {c.hidden_act!r}"
+    rotary, attn = _at(hf, "model.rotary_emb"), _at(hf, "model.layers.0.self_attn")
+    rope_type = getattr(rotary, "rope_type", None)
+    if rope_type not in _STATIC_ROPE:
+        return f"rotary variant {rope_type!r} (its tables change with the sequence length)"
+    if getattr(rotary, "inv_freq", None) is None or 2 * rotary.inv_freq.numel() != attn.head_dim:
+        return "partial rotary positions"
+    if not math.isclose(float(attn.scaling), attn.head_dim ** -0.5, rel_tol=1e-6):
+        return f"attention scale {attn.scaling} is not 1/sqrt(head_dim)"
+    window = getattr(c, "sliding_window", None)
+    if window is not None and getattr(c, "use_sliding_window", True) and window < c.max_position_embeddings:
+        return f"sliding-window attention ({window} of {c.max_position_embeddings} positions)"
     return None
 
 
@@ -107,9 +150,22 @@ def _at(module: nn.Module, path: str) -> nn.Module:
 
 
 def _build(bridge: nn.Module) -> SmallTransformer:
-    """The SmallTransformer with the GPT-2 weights under `bridge` (unverified). Built on the meta device first, so
-    no random initialisation runs (and the global random state is left as it was)."""
+    """The SmallTransformer with the weights under `bridge` (unverified). Built on the meta device first, so no random
+    initialisation runs (and the global random state is left as it was)."""
     hf = bridge.original_model
+    twin = _family(hf).build(hf, model_info(bridge).name)
+    left = [name for name, t in [*twin.named_parameters(), *twin.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"native twin: tensors not taken from the model: {left}")
+    return twin.eval()
+
+
+def _zeros_unless(bias: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]) -> nn.Parameter:
+    """`bias` viewed as `shape` (no copy), or zeros of that shape where the layer has none."""
+    return _param(bias.view(shape)) if bias is not None else nn.Parameter(like.new_zeros(shape), requires_grad=False)
+
+
+def _build_gpt2(hf: nn.Module, name: str) -> SmallTransformer:
     c = hf.config
     d, h = c.n_embd, c.n_head
     e = d // h
@@ -118,12 +174,12 @@ def _build(bridge: nn.Module) -> SmallTransformer:
     cfg = SmallTransformerConfig(
         n_layers=c.n_layer, n_heads=h, d_model=d, d_head=e, d_vocab=wte.weight.shape[0], n_ctx=wpe.weight.shape[0],
         d_mlp=c.n_inner or 4 * d, normalization="layernorm", act_fn=_ACTIVATIONS[c.activation_function], positional="learned",
-        d_vocab_out=w_u.shape[0], name=model_info(bridge).name, ln_eps=float(c.layer_norm_epsilon))
+        d_vocab_out=w_u.shape[0], name=name, ln_eps=float(c.layer_norm_epsilon))
     with torch.device("meta"):
         twin = SmallTransformer(cfg)
     twin.W_E, twin.W_pos, twin.W_U = _param(wte.weight), _param(wpe.weight), _param(w_u.T)
     bias = getattr(lm_head, "bias", None)
-    twin.b_U = _param(bias) if bias is not None else nn.Parameter(w_u.new_zeros(w_u.shape[0]), requires_grad=False)
+    twin.b_U = _zeros_unless(bias, w_u, (w_u.shape[0],))
     _set_norm(twin.ln_final, _at(hf, "transformer.ln_f"))
     for i, block in enumerate(twin.blocks):
         layer = f"transformer.h.{i}"
@@ -141,14 +197,74 @@ def _build(bridge: nn.Module) -> SmallTransformer:
         c_fc, c_out = _at(hf, f"{layer}.mlp.c_fc"), _at(hf, f"{layer}.mlp.c_proj")
         block.mlp.W_in, block.mlp.b_in = _param(c_fc.weight), _param(c_fc.bias)
         block.mlp.W_out, block.mlp.b_out = _param(c_out.weight), _param(c_out.bias)
-    left = [name for name, p in twin.named_parameters() if p.is_meta]
-    if left:
-        raise RuntimeError(f"native twin: parameters not taken from the model: {left}")
-    return twin.eval()
+    return twin
+
+
+def _rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _build_llama(hf: nn.Module, name: str) -> SmallTransformer:
+    """Llama, Mistral, Qwen2: RMSNorm, rotary positions (the model's own frequencies), gated MLP, grouped-query
+    attention; biases where the model has them (Qwen2's q/k/v), zeros elsewhere."""
+    c = hf.config
+    embed, lm_head, final = _at(hf, "model.embed_tokens"), _at(hf, "lm_head"), _at(hf, "model.norm")
+    rotary, attn0 = _at(hf, "model.rotary_emb"), _at(hf, "model.layers.0.self_attn")
+    d, h, e = c.hidden_size, c.num_attention_heads, attn0.head_dim
+    g = getattr(c, "num_key_value_heads", None) or h
+    w_u = lm_head.weight  # [vocab_out, d]
+    cfg = SmallTransformerConfig(
+        n_layers=c.num_hidden_layers, n_heads=h, d_model=d, d_head=e, d_vocab=embed.weight.shape[0],
+        n_ctx=c.max_position_embeddings, d_mlp=c.intermediate_size, normalization="rmsnorm", act_fn=_ACTIVATIONS[c.hidden_act],
+        positional="rotary", d_vocab_out=w_u.shape[0], name=name, ln_eps=float(final.variance_epsilon), mlp_kind="gated",
+        n_kv_heads=None if g == h else g, rope_theta=_rope_theta(c))
+    with torch.device("meta"):
+        twin = SmallTransformer(cfg)
+    twin.W_E, twin.W_U = _param(embed.weight), _param(w_u.T)
+    twin.b_U = _zeros_unless(getattr(lm_head, "bias", None), w_u, (w_u.shape[0],))
+    twin.ln_final.weight = _param(final.weight)
+    for i, block in enumerate(twin.blocks):
+        layer = f"model.layers.{i}"
+        for norm, source in ((block.ln1, "input_layernorm"), (block.ln2, "post_attention_layernorm")):
+            hf_norm = _at(hf, f"{layer}.{source}")
+            if float(hf_norm.variance_epsilon) != cfg.ln_eps:
+                raise ValueError(f"{layer}.{source} has epsilon {hf_norm.variance_epsilon}, not {cfg.ln_eps}")
+            norm.weight = _param(hf_norm.weight)
+        attn = block.attn
+        for port, n in (("Q", h), ("K", g), ("V", g)):
+            proj = _at(hf, f"{layer}.self_attn.{port.lower()}_proj")  # nn.Linear: weight [n * e, d]
+            setattr(attn, f"W_{port}", nn.Parameter(proj.weight.detach().view(n, e, d).transpose(1, 2).contiguous(),
+                                                    requires_grad=False))
+            setattr(attn, f"b_{port}", _zeros_unless(proj.bias, proj.weight, (n, e)))
+        o_proj = _at(hf, f"{layer}.self_attn.o_proj")  # weight [d, h * e]
+        attn.W_O = nn.Parameter(o_proj.weight.detach().T.reshape(h, e, d).contiguous(), requires_grad=False)
+        attn.b_O = _zeros_unless(o_proj.bias, o_proj.weight, (d,))
+        attn.rotary.inv_freq = rotary.inv_freq.detach().float().clone()
+        attn.rotary.scale = float(getattr(rotary, "attention_scaling", 1.0))
+        mlp = block.mlp
+        for ours, theirs in (("gate", "gate_proj"), ("in", "up_proj"), ("out", "down_proj")):
+            proj = _at(hf, f"{layer}.mlp.{theirs}")
+            setattr(mlp, f"W_{ours}", _param(proj.weight.T))
+            setattr(mlp, f"b_{ours}", _zeros_unless(proj.bias, proj.weight, (proj.weight.shape[0],)))
+    return twin
 
 
 def _set_norm(norm: nn.LayerNorm, source: nn.LayerNorm) -> None:
     norm.weight, norm.bias = _param(source.weight), _param(source.bias)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How to mirror one Hugging Face model class: why not (or None), and the unverified twin."""
+
+    refusal: Callable[[nn.Module], str | None]
+    build: Callable[[nn.Module, str], SmallTransformer]
+
+
+_LLAMA = _Family(_llama_refusal, _build_llama)
+_FAMILIES: dict[str, _Family] = {"GPT2LMHeadModel": _Family(_gpt2_refusal, _build_gpt2), "LlamaForCausalLM": _LLAMA,
+                                 "MistralForCausalLM": _LLAMA, "Qwen2ForCausalLM": _LLAMA}
 
 
 @torch.no_grad()

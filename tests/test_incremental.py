@@ -86,6 +86,24 @@ def test_node_steps_on_padded_prompts_of_different_lengths(side):
     _same(*_both(_model(2, 32), _padded_task(side), 0.02, "kl"))
 
 
+def _llama_shaped(seed: int = 0) -> SmallTransformer:
+    torch.manual_seed(seed)
+    cfg = SmallTransformerConfig(n_layers=2, n_heads=3, d_model=16, d_head=4, d_vocab=VOCAB, n_ctx=16, d_mlp=24,
+                                 normalization="rmsnorm", act_fn="silu", positional="rotary", mlp_kind="gated")
+    model = SmallTransformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("side", [None, "left", "right"])
+def test_node_steps_with_rotary_positions_rmsnorm_and_a_gated_mlp(side):
+    """A rotary head recomputed alone rotates its queries and keys by each prompt's own positions (also left-padded)."""
+    task = _task() if side is None else _padded_task(side)
+    _same(*_both(_llama_shaped(), task, 0.02, "kl"))
+
+
 def test_node_steps_with_a_metric_of_every_position():
     task = replace(_task(), custom_metrics={"every": _every_position})
     _same(*_both(_model(2, 32), task, 0.002, "every"))
@@ -99,9 +117,10 @@ def test_hybrid_with_and_without_node_steps(monkeypatch):
     assert torch.equal(stepped.kept, suffix.kept)
 
 
-@pytest.mark.parametrize("family,stepped", [("llama", False), ("gpt2", True)])
+@pytest.mark.parametrize("family,stepped", [("llama", True), ("gpt2", True), ("llama-gqa", False), ("gemma", False)])
 def test_bridge_models_step_through_a_twin_or_fall_back(family, stepped):
-    """A bridge runs on suffix passes; GPT-2 gets node steps through its native twin (acdc_lite.twin)."""
+    """GPT-2 and multi-head Llama get node steps through their native twins (acdc_lite.twin); grouped-query attention
+    (twin, no node steps) and models with no twin run suffix passes."""
     from tests.architectures import FAMILIES
 
     model = load_model(next(f for f in FAMILIES if f.name == family).build())

@@ -113,7 +113,7 @@ def test_the_circuit_records_the_executor_and_stays_the_same(bridge, task):
     assert ctx.model is bridge and ctx.executor == "native-twin" and ctx.patcher.model is not bridge
 
 
-@pytest.mark.parametrize("family", ["neox", "llama-gqa", "small-ln-mlp"])
+@pytest.mark.parametrize("family", ["neox", "small-ln-mlp"])
 def test_other_models_get_no_twin_and_search_as_before(family, task):
     torch.manual_seed(0)
     model = load_model(BUILDERS[family]())
@@ -186,3 +186,148 @@ def test_tolerance_is_the_projects():
     from acdc_lite import twin as twin_module
 
     assert twin_module.native_twin.__defaults__ == (EQUIVALENCE_TOLERANCE,)
+
+
+# ---- the Llama family: Llama (multi-head, grouped- and multi-query), Mistral, Qwen2 ----------------------------------
+LLAMA_FAMILIES = ["llama", "llama-gqa", "llama-mqa", "mistral", "qwen2"]
+
+
+def _llama_like(family: str, seed: int = 0, **config):
+    """A tiny HF model of `family` (tests/architectures.py) with larger weights and non-zero biases and norm gains
+    than its initialisation, so ablating an edge moves the metric and every parameter counts; loaded as a bridge."""
+    import transformers
+
+    from tests.architectures import BY_NAME
+
+    fam = BY_NAME[family]
+    hf_config = getattr(transformers, fam.config_class)(**{**fam.kwargs, **config})
+    torch.manual_seed(seed)
+    hf = getattr(transformers, fam.model_class)(hf_config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * (0.3 if p.dim() > 1 else 0.2))
+    return load_model(hf)
+
+
+def _llama_task(n: int = 10, length: int = 8, seed: int = 0) -> Task:
+    from tests.architectures import VOCAB as V
+
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt = torch.randint(1, V, (n, length), generator=g), torch.randint(1, V, (n, length), generator=g)
+    return Task("random", clean, corrupt, torch.randint(1, V, (n, 1), generator=g), torch.randint(1, V, (n, 1), generator=g))
+
+
+@pytest.mark.parametrize("family", LLAMA_FAMILIES)
+def test_llama_family_twin_reproduces_the_bridge(family):
+    from acdc_lite import twin as twin_module
+
+    bridge = _llama_like(family)
+    twin = native_twin(bridge)
+    assert isinstance(twin, SmallTransformer)
+    hf = bridge.original_model.config
+    c = twin.cfg
+    assert (c.normalization, c.positional, c.mlp_kind, c.act_fn) == ("rmsnorm", "rotary", "gated", "silu")
+    assert c.kv_heads == hf.num_key_value_heads and c.d_mlp == hf.intermediate_size
+    assert ModelGraph.from_model(twin) == ModelGraph.from_model(bridge)  # one k/v receiver column per query head, grouped
+    # logits and every sender's output, unpadded and padded, far inside the project's tolerance
+    assert twin_module._disagreement(bridge, twin, 1e-5) is None
+    from tests.architectures import VOCAB as V
+
+    tokens = torch.randint(0, V, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert float((twin(tokens) - bridge(tokens)).abs().max()) < 1e-4
+    rows = [[3, 4, 5], [6, 7, 8, 9, 10, 11, 2, 5, 5], [1] * 5]
+    for side in ("left", "right"):
+        padded, mask = pad_rows(rows, side, pad_id=0)
+        with torch.no_grad():
+            a, b = forward(twin, padded, mask), forward(bridge, padded, mask)
+        assert float((a[mask] - b[mask]).abs().max()) < 1e-4
+
+
+def test_llama_twin_with_tied_embeddings_and_scaled_rotary():
+    bridge = _llama_like("llama-gqa", tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8})
+    twin = native_twin(bridge)
+    assert twin is not None and twin.W_U.data_ptr() == twin.W_E.data_ptr()  # shared storage, no copy
+    assert twin.blocks[0].attn.rotary.inv_freq.tolist() != SmallTransformer(twin.cfg).blocks[0].attn.rotary.inv_freq.tolist()
+
+
+@pytest.mark.parametrize("family", LLAMA_FAMILIES)
+def test_llama_family_acdc_and_eap_alike_with_and_without_the_twin(family):
+    bridge, task = _llama_like(family), _llama_task()
+    on = search(bridge, task, "acdc", metric="kl", tau=0.01, progress=False)
+    off = search(bridge, task, "acdc", metric="kl", tau=0.01, progress=False, twin=False)
+    assert on.stats["executor"] == "native-twin" and off.stats["executor"] == "model"
+    assert 5 < on.n_edges < ModelGraph.from_model(bridge).n_edges()
+    assert torch.equal(on.kept, off.kept)
+    assert torch.allclose(on.scores.nan_to_num(0), off.scores.nan_to_num(0), atol=1e-4)
+    assert on.metric_circuit == pytest.approx(off.metric_circuit, abs=1e-4)
+    eap_on = search(bridge, task, "eap", metric="logit_diff", top_n=20, progress=False)
+    eap_off = search(bridge, task, "eap", metric="logit_diff", top_n=20, progress=False, twin=False)
+    assert eap_on.stats["executor"] == "native-twin"
+    assert torch.allclose(eap_on.scores.nan_to_num(0), eap_off.scores.nan_to_num(0), atol=1e-4)
+    assert torch.equal(eap_on.kept, eap_off.kept)
+
+
+@pytest.mark.parametrize("family", ["llama", "llama-gqa"])
+def test_llama_padded_prompts_search_alike(family):
+    from tests.architectures import VOCAB as V
+
+    bridge = _llama_like(family)
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(8):
+        n = 4 + i % 4
+        rows.append((torch.randint(1, V, (n,), generator=g).tolist(), torch.randint(1, V, (n,), generator=g).tolist(),
+                     [1 + i], [V - 1 - i]))
+    for side in ("left", "right"):
+        task = task_from_rows("padded", rows, padding_side=side, pad_id=0)
+        on, off = (search(bridge, task, "acdc", metric="kl", tau=0.01, progress=False, twin=t) for t in (True, False))
+        assert on.stats["executor"] == "native-twin"
+        assert 5 < on.n_edges < ModelGraph.from_model(bridge).n_edges()
+        assert torch.equal(on.kept, off.kept)
+        assert torch.allclose(on.scores.nan_to_num(0), off.scores.nan_to_num(0), atol=1e-4)
+        eap_on, eap_off = (search(bridge, task, "eap", metric="logit_diff", top_n=20, progress=False, twin=t)
+                           for t in (True, False))
+        assert torch.allclose(eap_on.scores.nan_to_num(0), eap_off.scores.nan_to_num(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("family,config,reason", [
+    ("mistral", {"sliding_window": 8}, "sliding-window"),
+    ("llama", {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}}, "rotary variant"),
+])
+def test_llama_family_attention_the_twin_does_not_mirror_is_refused(family, config, reason, caplog):
+    with caplog.at_level(logging.INFO, logger="acdc_lite.twin"):
+        assert native_twin(_llama_like(family, **config)) is None
+    assert reason in caplog.text
+
+
+def test_grouped_rotary_gated_config_round_trips(tmp_path):
+    cfg = SmallTransformerConfig(n_layers=2, n_heads=4, d_model=16, d_head=4, d_vocab=10, n_ctx=12, d_mlp=24,
+                                 normalization="rmsnorm", act_fn="silu", positional="rotary", mlp_kind="gated",
+                                 n_kv_heads=2, rope_theta=100.0, ln_eps=1e-6)
+    torch.manual_seed(0)
+    model = SmallTransformer(cfg).eval()
+    assert model.blocks[0].attn.W_K.shape == (2, 16, 4) and model.blocks[0].mlp.W_gate.shape == (16, 24)
+    model.save(tmp_path)
+    again = SmallTransformer.from_dir(tmp_path)
+    assert again.cfg == cfg
+    tokens = torch.arange(8)[None] % 10
+    assert torch.equal(again(tokens), model(tokens))
+    # a shifted prompt, left-padded with an attention mask, gives the same logits at its real positions
+    padded, mask = pad_rows([[1, 2, 3, 4], [1, 2, 3, 4, 5, 6]], "left", pad_id=0)
+    with torch.no_grad():
+        alone, batch = model(torch.tensor([[1, 2, 3, 4]])), forward(model, padded, mask)
+    assert torch.allclose(batch[0, 2:], alone[0], atol=1e-5)
+    with pytest.raises(ValueError, match="k/v heads"):
+        SmallTransformerConfig(n_layers=1, n_heads=4, d_model=8, d_head=2, d_vocab=10, n_ctx=8, n_kv_heads=3)
+
+
+@pytest.mark.parametrize("family", ["gemma", "qwen3", "phi3"])
+def test_other_llama_like_families_get_no_twin(family):
+    from tests.architectures import BY_NAME
+
+    assert native_twin(load_model(BY_NAME[family].build())) is None

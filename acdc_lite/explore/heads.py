@@ -183,7 +183,7 @@ def _head_weights(model: nn.Module, layer: int, head: int) -> tuple[torch.Tensor
 
     if isinstance(model, SmallTransformer):
         attn = model.blocks[layer].attn
-        return attn.W_V[head].detach().float(), attn.W_O[head].detach().float()
+        return attn.W_V[head // model.cfg.kv_group].detach().float(), attn.W_O[head].detach().float()
     w_v, w_o = model.W_V[layer].detach().float(), model.W_O[layer].detach().float()
     kv = head * w_v.shape[0] // w_o.shape[0]
     return w_v[kv], w_o[head]
