@@ -209,9 +209,10 @@ def discover(model: nn.Module, task: Task, method: str = "hybrid", *, options=No
     seed: torch seed of the run. batch_size: examples per patched pass.
     checkpoint: a path or Checkpointer (acdc, head-pruning, exact, hybrid) to resume an interrupted search.
     progress: show tqdm bars.
-    twin: run the patched passes on the model's native twin when it has one (a TransformerBridge around a GPT-2:
-        our own SmallTransformer with its weights, checked to compute the same logits and sender outputs; faster, same
-        circuit); the circuit's provenance says which executor ran ("native-twin" or "model").
+    twin: run the patched passes on the model's native twin when it has one (a TransformerBridge around a GPT-2,
+        Llama, Mistral or Qwen2: our own SmallTransformer with its weights, checked to compute the same logits and
+        sender outputs; faster, same circuit); the circuit's provenance says which executor ran ("native-twin" or
+        "model").
 
     The circuit's `.method` records the resolved settings (validate reads them), `.metrics` the faithfulness, and
     `.cost` seconds and forward passes, search and bookkeeping apart (not saved in the file; see run.json).
