@@ -86,10 +86,11 @@ def test_node_steps_on_padded_prompts_of_different_lengths(side):
     _same(*_both(_model(2, 32), _padded_task(side), 0.02, "kl"))
 
 
-def _llama_shaped(seed: int = 0) -> SmallTransformer:
+def _llama_shaped(seed: int = 0, n_heads: int = 3, n_kv_heads: int | None = None) -> SmallTransformer:
     torch.manual_seed(seed)
-    cfg = SmallTransformerConfig(n_layers=2, n_heads=3, d_model=16, d_head=4, d_vocab=VOCAB, n_ctx=16, d_mlp=24,
-                                 normalization="rmsnorm", act_fn="silu", positional="rotary", mlp_kind="gated")
+    cfg = SmallTransformerConfig(n_layers=2, n_heads=n_heads, d_model=16, d_head=4, d_vocab=VOCAB, n_ctx=16, d_mlp=24,
+                                 normalization="rmsnorm", act_fn="silu", positional="rotary", mlp_kind="gated",
+                                 n_kv_heads=n_kv_heads)
     model = SmallTransformer(cfg)
     with torch.no_grad():
         for p in model.parameters():
@@ -102,6 +103,14 @@ def test_node_steps_with_rotary_positions_rmsnorm_and_a_gated_mlp(side):
     """A rotary head recomputed alone rotates its queries and keys by each prompt's own positions (also left-padded)."""
     task = _task() if side is None else _padded_task(side)
     _same(*_both(_llama_shaped(), task, 0.02, "kl"))
+
+
+@pytest.mark.parametrize("n_kv_heads", [2, 1])
+@pytest.mark.parametrize("side", [None, "left"])
+def test_node_steps_with_grouped_query_attention(n_kv_heads, side):
+    """A k/v group's shared input recomputes each of its heads, each with its group's k/v weights."""
+    task = _task() if side is None else _padded_task(side)
+    _same(*_both(_llama_shaped(n_heads=4, n_kv_heads=n_kv_heads), task, 0.02, "kl"))
 
 
 def test_node_steps_with_a_metric_of_every_position():
@@ -117,10 +126,10 @@ def test_hybrid_with_and_without_node_steps(monkeypatch):
     assert torch.equal(stepped.kept, suffix.kept)
 
 
-@pytest.mark.parametrize("family,stepped", [("llama", True), ("gpt2", True), ("llama-gqa", False), ("gemma", False)])
+@pytest.mark.parametrize("family,stepped", [("llama", True), ("gpt2", True), ("llama-gqa", True), ("gemma", False)])
 def test_bridge_models_step_through_a_twin_or_fall_back(family, stepped):
-    """GPT-2 and multi-head Llama get node steps through their native twins (acdc_lite.twin); grouped-query attention
-    (twin, no node steps) and models with no twin run suffix passes."""
+    """GPT-2 and Llama (grouped-query attention included) get node steps through their native twins (acdc_lite.twin);
+    models with no twin run suffix passes."""
     from tests.architectures import FAMILIES
 
     model = load_model(next(f for f in FAMILIES if f.name == family).build())
