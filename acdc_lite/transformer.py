@@ -278,10 +278,23 @@ class Block(nn.Module):
         resid = self.hook_resid_pre(resid)
         per_head = resid[:, :, None, :].expand(-1, -1, self.cfg.n_heads, -1)
         per_kv = per_head if self.cfg.kv_group == 1 else resid[:, :, None, :].expand(-1, -1, self.cfg.kv_heads, -1)
+        normed: list[torch.Tensor] = []  # the residual normalised once, for every input a hook left as it was
+
+        def norm(x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+            if x is not given:
+                return self.ln1(x)
+            if not normed:
+                normed.append(self.ln1(resid)[:, :, None, :])
+            return normed[0].expand_as(given)
+
         q_raw = self.hook_q_input(per_head)
-        q_in = self.ln1(q_raw if query_positions is None else take_positions(q_raw, query_positions))
-        k_in = self.ln1(self.hook_k_input(per_kv))
-        v_in = self.ln1(self.hook_v_input(per_kv))
+        if query_positions is None:
+            q_in = norm(q_raw, per_head)
+        else:  # only the queries read
+            q_in = take_positions(norm(q_raw, per_head) if q_raw is per_head else q_raw, query_positions)
+            q_in = q_in if q_raw is per_head else self.ln1(q_in)
+        k_in = norm(self.hook_k_input(per_kv), per_kv)
+        v_in = norm(self.hook_v_input(per_kv), per_kv)
         results = self.attn(q_in, k_in, v_in, attention_mask, query_positions)
         attn_out = self.hook_attn_out(results.sum(dim=2) + self.attn.b_O)
         resid = self.hook_resid_mid(resid + attn_out)
