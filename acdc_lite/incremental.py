@@ -3,7 +3,8 @@
 An ACDC step removes edges into one receiver; the candidates of a speculative batch remove the first k of a list
 of senders into it. Nothing else in the receiver's layer changes: the other heads keep their inputs and outputs,
 and the receiver's head keeps its other ports. So with the layer's state under the current circuit at hand, a
-candidate costs one head (or the MLP, or only the unembedding) plus what reads it:
+candidate costs one head (a k/v group's heads under grouped-query attention; or the MLP, or only the unembedding)
+plus what reads it:
 
     x_r(k)   = x_r - sum_{j <= k} D_{s_j}                 the receiver's input without the first k edges
     change   = node(x_r(k)) - node(x_r)                   its node's output moves by this
@@ -13,7 +14,8 @@ candidate costs one head (or the MLP, or only the unembedding) plus what reads i
 In the last layer only the positions the metric reads are computed (the head's keys and values still cover
 every position). Below it, the layers after the receiver's run as a suffix pass with each candidate's residual
 and sender differences. `accept(n)` makes the n-th candidate the new state, so a layer's base pass runs once
-however many of its edges are removed. Models opt in with `supports_node_steps` (our `SmallTransformer`).
+however many of its edges are removed. Models opt in with `supports_node_steps` (our `SmallTransformer`, so
+also the native twins of bridge models, `acdc_lite.twin`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class _Chunk:
     deltas: torch.Tensor  # [S_l, b, p, d] differences of the senders before the layer (fixed while it is visited)
     inputs: dict[int, torch.Tensor]  # head receiver column -> its (un-normalised) input [b, p, d]
     results: torch.Tensor  # [H, b, P', d] the layer's head results
-    ablated_heads: torch.Tensor  # [H|1, b|1, P'|1, d] their ablated values
+    ablated_heads: torch.Tensor  # [H, b, P', d] their ablated values (expanded views)
     mlp_in: torch.Tensor | None = None  # [b, P', d]
     mlp_out: torch.Tensor | None = None
     ablated_mlp: torch.Tensor | None = None
