@@ -192,8 +192,8 @@ class LayerSteps:
         ch.trial = trial
         if self.last:
             if "logits_in" not in trial:
-                weights = {s: self.kept[s, g.logits_receiver].float() for s in changes}
-                trial["logits_in"] = ch.logits_in + sum(weights[s] * d for s, d in changes.items())
+                logits = g.logits_receiver
+                trial["logits_in"] = ch.logits_in + sum(self.kept[s, logits].float() * d for s, d in changes.items())
             x = trial["logits_in"]
             return (model.ln_final(x) @ model.W_U + model.b_U).flatten(0, 1)  # [C*b, P', vocab]
         trial["resid_post"] = ch.resid_post + sum(changes.values())

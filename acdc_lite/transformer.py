@@ -280,19 +280,16 @@ class Block(nn.Module):
         per_kv = per_head if self.cfg.kv_group == 1 else resid[:, :, None, :].expand(-1, -1, self.cfg.kv_heads, -1)
         normed: list[torch.Tensor] = []  # the residual normalised once, for every input a hook left as it was
 
-        def norm(x: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
-            if x is not given:
-                return self.ln1(x)
-            if not normed:
-                normed.append(self.ln1(resid)[:, :, None, :])
-            return normed[0].expand_as(given)
+        def norm(x: torch.Tensor, given: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+            """ln1(x), at `positions` [b, T] only when given."""
+            if x is given:
+                if not normed:
+                    normed.append(self.ln1(resid)[:, :, None, :])
+                x = normed[0].expand_as(given)
+                return x if positions is None else take_positions(x, positions)
+            return self.ln1(x if positions is None else take_positions(x, positions))
 
-        q_raw = self.hook_q_input(per_head)
-        if query_positions is None:
-            q_in = norm(q_raw, per_head)
-        else:  # only the queries read
-            q_in = take_positions(norm(q_raw, per_head) if q_raw is per_head else q_raw, query_positions)
-            q_in = q_in if q_raw is per_head else self.ln1(q_in)
+        q_in = norm(self.hook_q_input(per_head), per_head, query_positions)  # only the queries read
         k_in = norm(self.hook_k_input(per_kv), per_kv)
         v_in = norm(self.hook_v_input(per_kv), per_kv)
         results = self.attn(q_in, k_in, v_in, attention_mask, query_positions)

@@ -88,14 +88,20 @@ def test_eap_scores_agree_with_and_without_the_twin(bridge, task):
     assert torch.equal(on.kept, off.kept)
 
 
-def test_padded_prompts_search_alike():
-    bridge = load_model(_gpt2())
+def _padded_rows(vocab: int) -> list[tuple]:
+    """8 (clean, corrupt, answer, foil) rows of 4-7 random tokens below `vocab`."""
     g = torch.Generator().manual_seed(3)
     rows = []
     for i in range(8):
         n = 4 + i % 4
-        rows.append((torch.randint(1, VOCAB, (n,), generator=g).tolist(), torch.randint(1, VOCAB, (n,), generator=g).tolist(),
-                     [1 + i], [VOCAB - 1 - i]))
+        rows.append((torch.randint(1, vocab, (n,), generator=g).tolist(), torch.randint(1, vocab, (n,), generator=g).tolist(),
+                     [1 + i], [vocab - 1 - i]))
+    return rows
+
+
+def test_padded_prompts_search_alike():
+    bridge = load_model(_gpt2())
+    rows = _padded_rows(VOCAB)
     for side in ("left", "right"):
         task = task_from_rows("padded", rows, padding_side=side, pad_id=0)
         on, off = (search(bridge, task, "acdc", metric="kl", tau=0.002, progress=False, twin=t) for t in (True, False))
@@ -277,12 +283,7 @@ def test_llama_padded_prompts_search_alike(family):
     from tests.architectures import VOCAB as V
 
     bridge = _llama_like(family)
-    g = torch.Generator().manual_seed(3)
-    rows = []
-    for i in range(8):
-        n = 4 + i % 4
-        rows.append((torch.randint(1, V, (n,), generator=g).tolist(), torch.randint(1, V, (n,), generator=g).tolist(),
-                     [1 + i], [V - 1 - i]))
+    rows = _padded_rows(V)
     for side in ("left", "right"):
         task = task_from_rows("padded", rows, padding_side=side, pad_id=0)
         on, off = (search(bridge, task, "acdc", metric="kl", tau=0.01, progress=False, twin=t) for t in (True, False))

@@ -140,7 +140,7 @@ def _plain_acdc(ctx: SearchContext, config: HybridConfig, predicted: float) -> S
     result.params = {"tau": config.tau, "ig_steps": config.ig_steps, "batch": config.batch}
     result.trajectory = [{"phase": "route", "route": "acdc", "predicted_acdc_passes": predicted,
                           "least_attribution_cost": _least_attribution_cost(config)}] + [{"phase": "band", **s} for s in result.trajectory]
-    result.stats = {**result.stats, "route": "acdc", "band_units": result.stats["tested_edges"]}
+    result.stats = {**result.stats, "route": "acdc"}
     return result
 
 
