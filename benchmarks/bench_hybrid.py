@@ -6,7 +6,8 @@ Rows (one process, same machine):
 - zoo models of ~100 edges (induction-attn-2l, induction-llama-gqa-2l): hybrid and ACDC, same metric and tau.
 - 4- and 6-layer, 8-head attention-only induction models (1,281 and 3,073 edges) trained here with a fixed seed
   (cached in `--cache`; never shipped in the zoo): hybrid and ACDC, same metric and tau, at the default tau and at
-  0.01; on the 4-layer one the hybrid also with other `HybridConfig` settings (its cost / faithfulness trade-off).
+  0.01, the hybrid also with `ig_steps` 2 (`CHEAPER`); on the 4-layer one also with other `HybridConfig` settings
+  (its cost / faithfulness trade-off).
 - random GPT-2-shaped models (~10,000 and 32,491 edges): cost only. ACDC's cost there is extrapolated from a
   measured prefix of its search (the first receivers from the output), scaled by edges and suffix length.
 
@@ -71,6 +72,9 @@ VARIANTS = {  # other HybridConfig settings, measured on the first trained model
     "ig_steps 5": {"ig_steps": 5},
     "final_check": {"final_check": True},
     "ig_steps 2, remove_below 1": {"ig_steps": 2, "remove_below": 1.0},
+}
+CHEAPER = {  # a cheaper setting (`--ig-steps 2`), measured on every trained model at both taus and summarised
+    "ig_steps 2": {"ig_steps": 2},
 }
 N_PROMPTS = 64
 RANDOM_LAYERS = (7, 12)  # GPT-2-shaped random models: 10,536 and 32,491 edges
@@ -175,11 +179,12 @@ def cost_rows(n_layer: int) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """One line per trained graph and tau: the hybrid's (default settings) cost ratio and faithfulness difference to
-    ACDC, against the targets (ratio <= 1/20 on >= 1,000 edges, faithfulness within 0.01)."""
+    """One line per trained graph, tau and summarised setting (the defaults and `CHEAPER`): the hybrid's cost ratio and
+    faithfulness difference to ACDC, against the targets (ratio <= 1/20 on >= 1,000 edges, faithfulness within 0.01)."""
     lines = []
+    summarised = {"hybrid"} | {f"hybrid ({label})" for label in CHEAPER}
     for r in rows:
-        if r["method"] != "hybrid" or r.get("acdc_cost") != "measured":
+        if r["method"] not in summarised or r.get("acdc_cost") != "measured":
             continue
         acdc_row = next(a for a in rows if a["model"] == r["model"] and a["method"] == "acdc" and a["tau"] == r["tau"])
         ratio, diff = float(r["ratio_to_acdc"]), float(r["faithfulness"]) - float(acdc_row["faithfulness"])
@@ -187,10 +192,10 @@ def summary(rows: list[dict]) -> list[str]:
                   f"{'met' if abs(diff) <= 0.01 else 'not met'}") if int(r["graph_edges"]) >= 1000 else ""
         suffix = next((a for a in rows if a["model"] == r["model"] and a["method"] == "acdc (suffix passes)"
                        and a["tau"] == r["tau"]), None)
-        against_suffix = "" if suffix is None else (
+        against_suffix = "" if suffix is None or "ratio_to_suffix_acdc" not in r else (
             f" (against ACDC on suffix passes, as before node steps: {r['forward_equivalents']}/"
             f"{suffix['forward_equivalents']} = {float(r['ratio_to_suffix_acdc']):.3f})")
-        lines.append(f"- {r['model']}, {r['graph_edges']} edges, tau {r['tau']}: hybrid/ACDC forward-equivalents "
+        lines.append(f"- {r['model']}, {r['graph_edges']} edges, tau {r['tau']}: {r['method']}/ACDC forward-equivalents "
                      f"{r['forward_equivalents']}/{acdc_row['forward_equivalents']} = {ratio:.3f}{against_suffix}, faithfulness "
                      f"{r['faithfulness']} vs {acdc_row['faithfulness']} (difference {diff:+.3f}), edge Jaccard "
                      f"{r['edge_jaccard_vs_acdc']}{target}")
@@ -227,9 +232,11 @@ def main(argv: list[str] | None = None) -> None:
         big = big_model(args.cache, name)
         big_task = load_task("induction", big, n_examples=N_PROMPTS)
         label = f"{name} (trained here)"
-        rows += compare(label, big, big_task)[0]
-        found, exact = compare(label, big, big_task, tau=0.01)
-        rows += found
+        for tau in (None, 0.01):
+            found, exact = compare(label, big, big_task, tau=tau)
+            rows += found
+            for tag, settings in CHEAPER.items():
+                rows.append(variant(label, big, big_task, exact.params["tau"], exact, tag, **settings))
         if i == 0:  # the settings' cost / faithfulness trade-off, on one model
             for tag, settings in VARIANTS.items():
                 rows.append(variant(label, big, big_task, 0.01, exact, tag, **settings))
@@ -239,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"Written by `benchmarks/bench_hybrid.py` in one process ({N_PROMPTS} induction prompts on the trained "
             f"models; random models: {RANDOM_PROMPTS} random-token prompts x {RANDOM_TOKENS}, logit difference). "
             "Trained models: the hybrid at its defaults (auto tau: 2% of |m(full) - m(empty)|, EAP-IG 4 steps; the "
-            "trained models also at tau 0.01; the 4-layer one also with other settings of `HybridConfig`, named in the method "
-            "column) "
+            "trained models also at tau 0.01, and at both taus also with `ig_steps 2` (the cheaper setting, `--ig-steps 2`; "
+            "summarised below); the 4-layer one also with other settings of `HybridConfig`, named in the method column) "
             "and exact ACDC with the hybrid's metric and tau (node steps, as it runs by default; on the trained models "
             "also on suffix passes, `ACDCConfig(node_steps=False)`, as before node steps: the same circuit). "
             "forward_equivalents: the search's forward passes + 2 x backward "
