@@ -40,7 +40,7 @@ def fingerprint(model: nn.Module) -> str:
     for name, p in offload.materialized_state(model):
         t = p.detach().to("cpu", torch.float32).contiguous()
         h.update(f"{name}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes())
+        h.update(t.numpy())  # the array's buffer: the same bytes as tobytes(), without a copy
     return h.hexdigest()[:16]
 
 

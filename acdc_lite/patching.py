@@ -74,6 +74,8 @@ def sender_outputs(model: nn.Module, graph: ModelGraph, tokens: torch.Tensor, ba
         if on_logits is not None:
             on_logits(logits, slice(start, start + len(logits)))
         del logits
+        if len(tokens) <= batch_size:  # one chunk: its outputs are the result (no copy)
+            return [store[i] for i in range(len(graph.sender_groups))]
         if not outs:
             outs = [store[i].new_empty(len(tokens), *store[i].shape[1:]) for i in range(len(graph.sender_groups))]
         for i, out in enumerate(outs):

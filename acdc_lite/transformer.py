@@ -149,6 +149,31 @@ def _norm(cfg: SmallTransformerConfig) -> nn.Module:
     return RMSNorm(cfg.d_model, cfg.ln_eps) if cfg.normalization == "rmsnorm" else nn.Identity()
 
 
+class _SharedNorm(torch.autograd.Function):
+    """`norm(resid)` for every head of `x` [b, p, n, d], a view of `resid` [b, p, d] expanded over heads (so the same
+    values): normalised once, yet each head gets its own gradient, as if its copy had been normalised (the backward is
+    the norm's vector-Jacobian product at `resid`, batched over heads). `resid` comes detached: x carries the gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, resid: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        ctx.norm = norm
+        ctx.save_for_backward(resid)
+        return norm(resid)[:, :, None, :].expand_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (resid,) = ctx.saved_tensors
+        with torch.enable_grad():
+            r = resid.detach().requires_grad_(True)
+            (per_head,) = torch.autograd.grad(ctx.norm(r), r, grad.movedim(2, 0), is_grads_batched=True)
+        return per_head.movedim(0, 2), None, None
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b read the same memory the same way (so hold the same values)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: SmallTransformerConfig):
         super().__init__()
@@ -286,6 +311,10 @@ class Block(nn.Module):
                 if not normed:
                     normed.append(self.ln1(resid)[:, :, None, :])
                 x = normed[0].expand_as(given)
+                return x if positions is None else take_positions(x, positions)
+            if x.requires_grad and _same_layout(x, given) and not any(w.requires_grad for w in self.ln1.parameters()):
+                # a gradient pass's own view of the unchanged input (acdc_lite.patching): normalised once
+                x = _SharedNorm.apply(x, resid.detach(), self.ln1)
                 return x if positions is None else take_positions(x, positions)
             return self.ln1(x if positions is None else take_positions(x, positions))
 

@@ -42,8 +42,9 @@ _STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
 _OTHER_FAMILY = "no native twin for this family"
 
 
-def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE) -> SmallTransformer | None:
-    """A verified SmallTransformer computing what bridge `model` computes (see the module docstring), else None."""
+def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE, padded: bool = True) -> SmallTransformer | None:
+    """A verified SmallTransformer computing what bridge `model` computes (see the module docstring), else None.
+    `padded`: verify it on padded rows too (only passes with padded prompts run its attention-mask path)."""
     if not is_bridge(model):
         return None
     reason = _refusal(model)
@@ -56,7 +57,7 @@ def native_twin(model: nn.Module, tolerance: float = EQUIVALENCE_TOLERANCE) -> S
     except (AttributeError, RuntimeError, ValueError, TypeError) as e:  # a layout it does not know: the model runs as is
         log.info("no native twin: its weights could not be laid out (%s)", e)
         return None
-    problem = _disagreement(model, twin, tolerance)
+    problem = _disagreement(model, twin, tolerance, padded)
     if problem is not None:
         log.info("no native twin: it does not reproduce the bridge (%s)", problem)
         return None
@@ -268,9 +269,10 @@ _FAMILIES: dict[str, _Family] = {"GPT2LMHeadModel": _Family(_gpt2_refusal, _buil
 
 
 @torch.no_grad()
-def _disagreement(bridge: nn.Module, twin: SmallTransformer, tolerance: float) -> str | None:
-    """What differs between the twin and the bridge on a probe batch (unpadded; then left- and right-padded rows with
-    an attention mask, real positions only): logits as log-probabilities, and every sender's output; None if nothing."""
+def _disagreement(bridge: nn.Module, twin: SmallTransformer, tolerance: float, padded: bool = True) -> str | None:
+    """What differs between the twin and the bridge on a probe batch (unpadded; then, with `padded`, left- and
+    right-padded rows with an attention mask, real positions only): logits as log-probabilities, and every sender's
+    output; None if nothing."""
     device = next(bridge.parameters()).device
     tokens = probe_tokens(twin.cfg.d_vocab, twin.cfg.n_ctx).to(device)  # [4, p]
     n, p = tokens.shape
@@ -281,7 +283,8 @@ def _disagreement(bridge: nn.Module, twin: SmallTransformer, tolerance: float) -
         mask[1, p - cut:] = False
     names = [hooks.INPUT] + [name for layer in range(twin.cfg.n_layers)
                              for name in (hooks.head_result(layer), hooks.mlp_out(layer))]
-    for label, attention_mask in (("unpadded", None), ("padded", mask)):
+    probes = [("unpadded", None)] + ([("padded", mask)] if padded else [])
+    for label, attention_mask in probes:
         outs = []
         for model in (bridge, twin):
             cache: dict[str, torch.Tensor] = {}

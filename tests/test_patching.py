@@ -267,3 +267,29 @@ def test_a_gradient_pass_freezes_the_weights_and_restores_them(any_model, prompt
     with frozen_weights(model):
         assert not any(p.requires_grad for p in model.parameters())
     assert grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("normalization,kv_heads", [("layernorm", None), ("rmsnorm", 1)])
+def test_a_gradient_pass_normalises_once_with_each_heads_gradient(normalization, kv_heads, monkeypatch):
+    """The gradient pass normalises the unchanged q/k/v input once (transformer._SharedNorm): every edge's gradient is
+    what normalising each head's copy gives."""
+    from acdc_lite import SmallTransformer, SmallTransformerConfig
+    from acdc_lite import transformer as transformer_module
+
+    torch.manual_seed(0)
+    model = SmallTransformer(SmallTransformerConfig(n_layers=2, n_heads=4, d_model=16, d_head=4, d_vocab=20, n_ctx=8,
+                                                    d_mlp=24, normalization=normalization, n_kv_heads=kv_heads))
+    graph = ModelGraph.from_model(model)
+    g = torch.Generator().manual_seed(1)
+    clean, corrupt = torch.randint(0, 20, (5, 8), generator=g), torch.randint(0, 20, (5, 8), generator=g)
+    patcher = EdgePatcher(model, graph, clean, ablated_outputs(model, graph, corrupt))
+
+    def metric(logits, idx):
+        return logits[:, -1, 3] - logits[:, -1, 4]
+
+    value, shared = patcher.mask_gradient(metric)
+    monkeypatch.setattr(transformer_module, "_same_layout", lambda a, b: False)  # each head's copy normalised
+    reference_value, per_copy = patcher.mask_gradient(metric)
+    assert value == pytest.approx(reference_value, abs=1e-6)
+    assert float(per_copy.abs().max()) > 0.01
+    assert torch.allclose(shared, per_copy, atol=1e-5, rtol=1e-4)

@@ -60,6 +60,16 @@ def test_twin_reproduces_the_bridge(bridge):
         assert compare_logits(a[mask][None], b[mask][None], "bridge").max_abs_diff < 1e-5
 
 
+def test_the_padded_path_is_verified_when_the_task_pads(bridge, task, monkeypatch):
+    embed = SmallTransformer.embed  # a twin that counts positions from column 0 on padded rows: wrong when left-padded
+    monkeypatch.setattr(SmallTransformer, "embed", lambda self, tokens, attention_mask=None: embed(self, tokens))
+    assert native_twin(bridge) is None
+    assert isinstance(native_twin(bridge, padded=False), SmallTransformer)  # unpadded passes never take that path
+    assert SearchContext.build(bridge, task, "kl").executor == "native-twin"  # an unpadded task
+    padded = task_from_rows("padded", _padded_rows(VOCAB), padding_side="left", pad_id=0)
+    assert SearchContext.build(bridge, padded, "kl").executor == "model"
+
+
 def test_patched_passes_agree_under_any_edge_set(bridge, task):
     twin = native_twin(bridge)
     graph = ModelGraph.from_model(bridge)
@@ -191,7 +201,7 @@ def test_gelu_new_and_ln_eps_round_trip(tmp_path):
 def test_tolerance_is_the_projects():
     from acdc_lite import twin as twin_module
 
-    assert twin_module.native_twin.__defaults__ == (EQUIVALENCE_TOLERANCE,)
+    assert twin_module.native_twin.__defaults__[0] == EQUIVALENCE_TOLERANCE
 
 
 # ---- the Llama family: Llama (multi-head, grouped- and multi-query), Mistral, Qwen2 ----------------------------------

@@ -59,7 +59,7 @@ class SearchContext:
         """`twin`: run the passes on the model's native twin when it has one (see `acdc_lite.twin`)."""
         graph = ModelGraph.from_model(model)
         ablation = Ablation(ablation)
-        runner = native_twin(model) if twin else None
+        runner = native_twin(model, padded=not bool(task.attention_mask.all())) if twin else None
         runner = model if runner is None else runner
         if runner is not model and ModelGraph.from_model(runner) != graph:
             raise RuntimeError(f"the native twin's graph {ModelGraph.from_model(runner)} is not the model's {graph}")
